@@ -1,0 +1,26 @@
+"""stabcheck: sharpness, non-uniformity and the dynamical-stability criteria of SGD minima.
+
+Wu, Ma & E, "How SGD Selects the Global Minima in Over-parameterized Learning: A Dynamical
+Stability Perspective", NeurIPS 2018.
+
+>>> import torch, stabcheck
+>>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+>>> prob = stabcheck.Problem(net, torch.randn(8, 3), torch.randn(8, 2), loss="mse", dtype=torch.float64)
+>>> a = stabcheck.sharpness(prob).value
+>>> s = stabcheck.non_uniformity(prob).value
+>>> stabcheck.theorem1(prob, lr=0.1, batch_size=2).stable in (True, False)
+True
+"""
+from .bounds import noise_factor, nonuniformity_bound, sharpness_bound
+from .criteria import Theorem1Result, non_uniformity, sharpness, theorem1
+from .eigen import EigenResult, lanczos, power_iteration
+from .operators import SIGMA_ENGINES, HessianOperator, SigmaOperator, Theorem1Operator, hvp
+from .problem import Problem, ProblemError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EigenResult", "HessianOperator", "Problem", "ProblemError", "SIGMA_ENGINES", "SigmaOperator",
+    "Theorem1Operator", "Theorem1Result", "hvp", "lanczos", "noise_factor", "non_uniformity",
+    "nonuniformity_bound", "power_iteration", "sharpness", "sharpness_bound", "theorem1",
+]
