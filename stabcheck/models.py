@@ -14,7 +14,7 @@ class FNN(nn.Sequential):
     PyTorch default initialisation, as in the paper.
 
     >>> FNN(784, (500, 500, 500), 10).num_parameters()
-    897510
+    898510
     """
 
     def __init__(self, in_dim: int = 784, widths: Sequence[int] = (500, 500, 500), out_dim: int = 10):
