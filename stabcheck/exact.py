@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.func import hessian
+from torch.func import hessian, vmap
 
 from .bounds import check_batch, check_lr, noise_factor
 from .problem import Problem
@@ -51,11 +51,10 @@ def sample_hessians(problem: Problem) -> Tensor:
                          f"at most {MAX_DIM} (use stabcheck.theorem1 for large models)")
     flat = problem.flatten(problem.params)
 
-    def one(i: int) -> Tensor:
-        x, y = problem.inputs[i], problem.targets[i]
+    def one(x: Tensor, y: Tensor) -> Tensor:
         return hessian(lambda f: problem.single_loss(problem.unflatten(f), x, y))(flat)
 
-    return torch.stack([one(i) for i in range(problem.n)]).to(torch.float64)
+    return vmap(one, chunk_size=problem.chunk_size)(problem.inputs, problem.targets).to(torch.float64)
 
 
 def check_hessians(hessians: Tensor, psd: bool = False) -> Tensor:

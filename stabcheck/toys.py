@@ -44,6 +44,10 @@ class Toy:
         """(R, B, d): ∇f_j(x_r) for j = index[r, b]; x is (R, d), index (R, B)."""
         raise NotImplementedError
 
+    def loss_values(self, x: Tensor) -> Tensor:
+        """f(x) = (1/n) Σ_i f_i(x) for x of shape (..., d)."""
+        raise NotImplementedError
+
     def project(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Map iterates back to the parameter domain; returns (x, number of clipped coordinates per run)."""
         return x, torch.zeros(x.shape[0], dtype=torch.long)
@@ -131,6 +135,9 @@ class QuadraticToy(Toy):
     def data(self) -> tuple[Tensor, Tensor]:
         return self.factors, torch.zeros(self.n, self.rank, dtype=DTYPE)
 
+    def loss_values(self, x: Tensor) -> Tensor:
+        return 0.5 * torch.einsum("ndr,...d->...nr", self.factors, x).pow(2).sum(-1).mean(-1)
+
     def sample_grads(self, x: Tensor, index: Tensor) -> Tensor:
         factors = self.factors[index]                                   # (R, B, d, r)
         return torch.einsum("rbdk,rbk->rbd", factors, torch.einsum("rbdk,rd->rbk", factors, x))
@@ -174,6 +181,9 @@ class OneDimensionalExample(Toy):
 
     def data(self) -> tuple[Tensor, Tensor]:
         return self.constants.reshape(-1, 1), torch.zeros(self.n, 1, dtype=DTYPE)
+
+    def loss_values(self, x: Tensor) -> Tensor:
+        return torch.minimum(x * x, self.constants * (x - 1) ** 2).mean(-1)
 
     def sample_grads(self, x: Tensor, index: Tensor) -> Tensor:
         c = self.constants[index]                                       # (R, B)
@@ -224,10 +234,10 @@ class AppendixBToy(Toy):
     def data(self) -> tuple[Tensor, Tensor]:
         return torch.tensor(self.inputs, dtype=DTYPE).reshape(-1, 1), torch.zeros(self.n, 1, dtype=DTYPE)
 
-    @staticmethod
-    def minimum_eigenvalues(a: float) -> tuple[float, float]:
-        """Non-zero eigenvalues of H_1 and H_2 at the global minimum (0, a, a): 1 and 1 + 1/(2a)."""
-        return 1.0, 1.0 + 1.0 / (2.0 * a)
+    def loss_values(self, x: Tensor) -> Tensor:
+        u = torch.tensor(self.inputs, dtype=DTYPE)
+        residual = x[..., :1] + x[..., 1:2].sqrt() * u - x[..., 2:3].sqrt() * u * u
+        return 0.5 * residual.pow(2).mean(-1)
 
     def sample_grads(self, x: Tensor, index: Tensor) -> Tensor:
         u = torch.tensor(self.inputs, dtype=DTYPE)[index]               # (R, B)

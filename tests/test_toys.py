@@ -41,6 +41,14 @@ def test_closed_form_gradients_equal_autograd_of_the_model(name):
         torch.testing.assert_close(closed[k], autograd_sample_grads(toy, point), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", TOYS)
+def test_vectorised_loss_equals_the_problem_loss(name):
+    toy = TOYS[name]()
+    points = torch.tensor(POINTS[name], dtype=torch.float64)
+    expected = torch.tensor([toy.problem(point).loss_value() for point in points], dtype=torch.float64)
+    torch.testing.assert_close(toy.loss_values(points), expected, rtol=1e-12, atol=1e-300)
+
+
 def test_one_dimensional_loss_is_min_of_quadratics():
     toy = OneDimensionalExample()
     for x in (-0.5, 0.2, 0.7, 1.0, 3.0):
