@@ -161,15 +161,59 @@ class ResNet(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+class ResidualFNNBlock(nn.Module):
+    """relu(h + norm(W₂ relu(norm(W₁ h)))): the conv block of :class:`ResNet` with linear layers."""
+
+    def __init__(self, width: int, batch_norm: bool = True):
+        super().__init__()
+        self.fc1 = nn.Linear(width, width)
+        self.bn1 = nn.BatchNorm1d(width) if batch_norm else nn.Identity()
+        self.fc2 = nn.Linear(width, width)
+        self.bn2 = nn.BatchNorm1d(width) if batch_norm else nn.Identity()
+
+    def forward(self, h):
+        return torch.relu(h + self.bn2(self.fc2(torch.relu(self.bn1(self.fc1(h))))))
+
+
+class ResidualFNN(nn.Module):
+    """Fully connected residual net (the small-scale stand-in for :class:`ResNet` in C13).
+
+    flatten → linear in_dim→w, norm, ReLU → ``blocks`` residual blocks of width w → linear w→K,
+    norm = BatchNorm1d or identity (``batch_norm=False``). PyTorch default initialisation.
+
+    >>> ResidualFNN(784, 16, 2, 10, batch_norm=False)(torch.zeros(3, 1, 28, 28)).shape
+    torch.Size([3, 10])
+    """
+
+    def __init__(self, in_dim: int = 784, width: int = 64, blocks: int = 2, out_dim: int = 10,
+                 batch_norm: bool = True):
+        if width < 1 or blocks < 1:
+            raise ValueError(f"ResidualFNN needs width ≥ 1 and blocks ≥ 1, got width={width}, blocks={blocks}")
+        super().__init__()
+        self.batch_norm = batch_norm
+        self.stem = nn.Linear(in_dim, width)
+        self.bn = nn.BatchNorm1d(width) if batch_norm else nn.Identity()
+        self.blocks = nn.Sequential(*[ResidualFNNBlock(width, batch_norm) for _ in range(blocks)])
+        self.head = nn.Linear(width, out_dim)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.stem(x.flatten(1))))
+        return self.head(self.blocks(h))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
 #: Model names and the options each accepts.
-MODELS = {"fnn": ("widths",), "vgg": ("channels", "hidden"), "resnet": ("depth", "width", "batch_norm")}
+MODELS = {"fnn": ("widths",), "vgg": ("channels", "hidden"), "resnet": ("depth", "width", "batch_norm"),
+          "resfnn": ("width", "blocks", "batch_norm")}
 
 
 def build_model(name: str, *, seed: int, in_shape: Sequence[int], num_classes: int, **options) -> nn.Module:
     """A freshly initialised model, its random initialisation drawn from ``seed`` only.
 
     ``fnn``: options ``widths``; ``vgg``: ``channels``, ``hidden``; ``resnet``: ``depth``, ``width``,
-    ``batch_norm``. The global torch RNG is left as it was.
+    ``batch_norm``; ``resfnn``: ``width``, ``blocks``, ``batch_norm``. The global torch RNG is left as it was.
 
     >>> a = build_model("fnn", seed=1, in_shape=(1, 28, 28), num_classes=10, widths=(8,))
     >>> b = build_model("fnn", seed=1, in_shape=(1, 28, 28), num_classes=10, widths=(8,))
@@ -185,6 +229,9 @@ def build_model(name: str, *, seed: int, in_shape: Sequence[int], num_classes: i
         torch.manual_seed(seed)
         if name == "fnn":
             return FNN(math.prod(in_shape), tuple(options.get("widths", (500, 500, 500))), num_classes)
+        if name == "resfnn":
+            return ResidualFNN(math.prod(in_shape), int(options.get("width", 64)), int(options.get("blocks", 2)),
+                               num_classes, bool(options.get("batch_norm", True)))
         if tuple(in_shape) != (3, 32, 32):
             raise ValueError(f"model {name!r} takes 3×32×32 images, got inputs of shape {tuple(in_shape)}")
         if name == "vgg":
