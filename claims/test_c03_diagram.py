@@ -1,0 +1,127 @@
+"""C3 – the sharpness–non-uniformity diagram (PAPER.md §1 Corollary, §4).
+
+Minima reachable by SGD(η, B) lie in the box [0, 2/η] × [0, √(B(n−1)/(n−B))/η]: η shrinks both sides,
+B only the s side; the s side tends to √B/η as n → ∞; GD (B = n) has no s bound. Settings with equal
+η/B therefore have different boxes and select different minima (the one with larger η is flatter).
+
+Sections: "the box: formulas" (here, CPU, exact) and "trained nets" (added with the trained-net claims).
+"""
+import math
+
+import pytest
+import torch
+
+import stabcheck
+from stabcheck.toys import QuadraticToy
+
+N = 1000
+
+
+def box(lr, batch_size, n=N):
+    """(a side, s side) of the stability box."""
+    return stabcheck.sharpness_bound(lr), stabcheck.nonuniformity_bound(lr, batch_size, n)
+
+
+# ---- the box: formulas ---------------------------------------------------------------------------
+@pytest.mark.claim("C3")
+@pytest.mark.parametrize("batch_size", [1, 10, 100], ids=lambda b: f"B={b}-n=1000")
+def test_learning_rate_shrinks_both_sides(claim, batch_size):
+    """Over η = 0.01 … 1 both sides fall strictly and exactly as 1/η (η·side constant to 1e-12)."""
+    lrs = [0.01, 0.05, 0.1, 0.5, 1.0]
+    sides = claim.measure(lambda: [box(lr, batch_size) for lr in lrs])
+    a_sides, s_sides = zip(*sides)
+    claim.record(measured={"a side": a_sides, "s side": s_sides},
+                 expected={"lr": lrs, "a side x lr": 2.0, "s side x lr": math.sqrt(batch_size * (N - 1) / (N - batch_size))})
+    assert all(x > y for x, y in zip(a_sides, a_sides[1:])), f"a side not decreasing in η: {a_sides}"
+    assert all(x > y for x, y in zip(s_sides, s_sides[1:])), f"s side not decreasing in η: {s_sides}"
+    for lr, a_side, s_side in zip(lrs, a_sides, s_sides):
+        assert a_side * lr == pytest.approx(2.0, rel=1e-12)
+        assert s_side * lr == pytest.approx(s_sides[0] * lrs[0], rel=1e-12)
+
+
+@pytest.mark.claim("C3")
+@pytest.mark.parametrize("lr", [0.05, 0.5], ids=lambda lr: f"lr={lr}-n=1000")
+def test_batch_size_moves_only_the_s_side(claim, lr):
+    """Over B = 1 … 999 the s side rises strictly while the a side stays 2/η."""
+    sizes = [1, 2, 10, 100, 500, 999]
+    sides = claim.measure(lambda: [box(lr, b) for b in sizes])
+    a_sides, s_sides = zip(*sides)
+    claim.record(measured={"a side": a_sides, "s side": s_sides}, expected={"B": sizes, "a side": 2 / lr})
+    assert len(set(a_sides)) == 1 and a_sides[0] == pytest.approx(2 / lr), f"a side depends on B: {a_sides}"
+    assert all(x < y for x, y in zip(s_sides, s_sides[1:])), f"s side not increasing in B: {s_sides}"
+
+
+@pytest.mark.claim("C3")
+@pytest.mark.parametrize("batch_size", [1, 4, 16], ids=lambda b: f"B={b}")
+def test_s_side_tends_to_sqrt_b_over_lr(claim, batch_size):
+    """η·s-side/√B = √((n−1)/(n−B)) → 1: within (B−1)/n of 1 (its first-order size) and shrinking in n;
+    1e-12 absorbs rounding."""
+    lr, sizes = 0.1, [10 ** 2, 10 ** 4, 10 ** 6]
+    ratios = claim.measure(lambda: [stabcheck.nonuniformity_bound(lr, batch_size, n) * lr / math.sqrt(batch_size)
+                                    for n in sizes])
+    claim.record(measured={"s side x lr / sqrt(B)": ratios}, expected={"n": sizes, "limit": 1.0})
+    for n, ratio in zip(sizes, ratios):
+        assert 1 - 1e-12 <= ratio <= 1 + (batch_size - 1) / n + 1e-12, f"n={n}: η·side/√B = {ratio}"
+    assert ratios == sorted(ratios, reverse=True)
+
+
+@pytest.mark.claim("C3")
+def test_gd_has_no_s_side(claim):
+    """B = n: p = 0 and the s side is infinite, so Theorem 1 for GD is (1 − ηa)² whatever s is: on the 1-D
+    toy h = (0.2, 3.8) (a = 2, s = 1.8 > the B = 1 side 1/η) at η = 0.8, GD is stable and SGD (B = 1) not.
+    Tolerance 1e-9: Lanczos in d = 1 is exact up to rounding."""
+    lr, toy = 0.8, QuadraticToy.from_curvatures([0.2, 3.8])
+    problem = toy.problem(torch.zeros(1))
+    gd = claim.measure(stabcheck.theorem1, problem, lr=lr, batch_size=2, tol=1e-10)
+    sgd = stabcheck.theorem1(problem, lr=lr, batch_size=1, tol=1e-10)
+    a = stabcheck.sharpness(problem).value
+    claim.record(measured={"s side (B=n)": stabcheck.nonuniformity_bound(lr, 2, 2), "p": stabcheck.noise_factor(2, 2),
+                           "theorem1 GD": gd.value, "theorem1 SGD B=1": sgd.value},
+                 expected={"s side (B=n)": math.inf, "p": 0.0, "(1 - eta a)^2": (1 - lr * a) ** 2})
+    assert stabcheck.nonuniformity_bound(lr, 2, 2) == math.inf and stabcheck.noise_factor(2, 2) == 0.0
+    assert gd.value == pytest.approx((1 - lr * a) ** 2, abs=1e-9)
+    assert gd.stable and not sgd.stable, f"GD {gd.value}, SGD(B=1) {sgd.value}"
+
+
+@pytest.mark.claim("C3")
+def test_equal_lr_over_b_gives_nested_boxes(claim):
+    """η/B = 0.01 for (η, B) = (0.01, 1), (0.05, 5), (0.1, 10): the boxes differ and the larger η's box
+    lies strictly inside the smaller η's (both sides smaller): η/B alone does not fix the box."""
+    settings = [(0.01, 1), (0.05, 5), (0.1, 10)]
+    boxes = claim.measure(lambda: [box(lr, b) for lr, b in settings])
+    claim.record(measured={"boxes (a side, s side)": boxes}, expected={"(lr, B)": settings, "nested": True})
+    for (a_small_lr, s_small_lr), (a_large_lr, s_large_lr) in zip(boxes, boxes[1:]):
+        assert a_large_lr < a_small_lr and s_large_lr < s_small_lr, f"boxes not nested: {boxes}"
+
+
+def two_point_toy(a, s, n):
+    """1-D toy with mean curvature a and population std s: one h_i = a + s√(n−1), the others a − s/√(n−1)."""
+    root = math.sqrt(n - 1)
+    return QuadraticToy.from_curvatures([a + s * root] + [a - s / root] * (n - 1))
+
+
+@pytest.mark.claim("C3")
+@pytest.mark.parametrize("batch_size", [1, 4], ids=lambda b: f"lr=0.5-B={b}-n=10")
+def test_box_sides_are_where_theorem1_reaches_one_in_d1(claim, batch_size):
+    """In d = 1 the box is Theorem 1 itself: on 1-D toys built with (a, s) = (2/η, 0) and (1/η, s side),
+    stabcheck measures those a and s and a Theorem-1 value of 1; 1% further out the value exceeds 1.
+    Tolerance 1e-9: Lanczos in d = 1 is exact up to rounding."""
+    lr, n = 0.5, 10
+    s_side = stabcheck.nonuniformity_bound(lr, batch_size, n)
+    corners = {"a corner": (2 / lr, 0.0), "s corner": (1 / lr, s_side)}
+    outside = {"a corner": (2.02 / lr, 0.0), "s corner": (1 / lr, 1.01 * s_side)}
+    measured, values = {}, {}
+    for name, (a, s) in corners.items():
+        problem = two_point_toy(a, s, n).problem(torch.zeros(1))
+        t1 = claim.measure(stabcheck.theorem1, problem, lr=lr, batch_size=batch_size, tol=1e-10, name=name)
+        measured[name] = (stabcheck.sharpness(problem).value, stabcheck.non_uniformity(problem).value, t1.value)
+        values[name + " 1% out"] = stabcheck.theorem1(two_point_toy(*outside[name], n).problem(torch.zeros(1)),
+                                                      lr=lr, batch_size=batch_size, tol=1e-10).value
+    claim.record(measured={**{f"{k} (a, s, T1)": v for k, v in measured.items()}, **values},
+                 expected={"a corner (a, s, T1)": (2 / lr, 0.0, 1.0), "s corner (a, s, T1)": (1 / lr, s_side, 1.0),
+                           "1% out": "> 1"}, dtype="float64")
+    for name, (a, s) in corners.items():
+        got_a, got_s, t1 = measured[name]
+        assert got_a == pytest.approx(a, abs=1e-9) and got_s == pytest.approx(s, abs=1e-9), f"{name}: a, s = {got_a}, {got_s}"
+        assert t1 == pytest.approx(1.0, abs=1e-9), f"{name}: Theorem-1 value {t1}, expected 1 on the box edge"
+    assert all(v > 1 + 1e-3 for v in values.values()), f"outside the box Theorem 1 still says stable: {values}"
