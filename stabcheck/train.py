@@ -16,7 +16,8 @@ A run ends with status ``converged`` (EMA < tol), ``max_iters`` (cap reached) or
 >>> from stabcheck.models import FNN
 >>> torch.manual_seed(0) and None
 >>> x, y = torch.rand(20, 1, 4, 4), torch.eye(3)[torch.arange(20) % 3]
->>> rec = train(FNN(16, (32,), 3), x, y, lr=0.5, batch_size=20, tol=1e-3, max_iters=3000, progress=False)
+>>> rec = train(FNN(16, (32,), 3), x, y, lr=0.5, batch_size=20, tol=1e-3, max_iters=3000, progress=False,
+...             num_threads=1)
 >>> rec.status, rec.ema_loss < 1e-3
 ('converged', True)
 """
@@ -72,6 +73,7 @@ class TrainRecord:
     dtype: str
     device: str
     wall_time: float
+    threads: int
     loss_curve: list[float] = field(repr=False, default_factory=list)
     state: dict[str, Tensor] = field(repr=False, default_factory=dict)
     trainer_version: str = TRAINER_VERSION
@@ -153,6 +155,7 @@ def train(
     progress_every: float = 10.0,
     callback: Callable[[int, nn.Module, float], bool | None] | None = None,
     callback_every: int = 1,
+    num_threads: int | None = None,
 ) -> TrainRecord:
     """Train ``model`` in place by SGD(η = lr, B = batch_size, μ = momentum); GD is B = n.
 
@@ -161,7 +164,25 @@ def train(
     step (t = steps done; the model is in train mode, switch to eval and back for measurements) and
     ends the run with status ``stopped`` when it returns True. ``progress``: True prints to stderr
     every ``progress_every`` seconds, a callable receives the same dict, False is silent.
+    ``num_threads``: torch's CPU threads during the run (restored after). Small nets are
+    overhead-bound, and two threads on a busy 2-core machine ran 16× slower than one.
     """
+    if num_threads is not None and num_threads < 1:
+        raise TrainError(f"num_threads must be a positive integer or None, got {num_threads}")
+    previous = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        return _train(model, inputs, targets, lr=lr, batch_size=batch_size, loss=loss, momentum=momentum, tol=tol,
+                      max_iters=max_iters, min_iters=min_iters, seed=seed, sampler=sampler, ema_decay=ema_decay,
+                      device=device, dtype=dtype, progress=progress, progress_every=progress_every,
+                      callback=callback, callback_every=callback_every)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train(model, inputs, targets, *, lr, batch_size, loss, momentum, tol, max_iters, min_iters, seed, sampler,
+           ema_decay, device, dtype, progress, progress_every, callback, callback_every) -> TrainRecord:
     lr = check_lr(lr)
     n = int(inputs.shape[0])
     if targets.shape[0] != n:
@@ -225,7 +246,8 @@ def train(
     return TrainRecord(
         status=status, iterations=it, ema_loss=ema, final_loss=final, lr=lr, batch_size=batch_size, n=n,
         momentum=momentum, sampler=sampler, tol=tol, max_iters=max_iters, seed=seed, loss=loss,
-        dtype=str(dtype).replace("torch.", ""), device=str(device), wall_time=wall, loss_curve=curve,
+        dtype=str(dtype).replace("torch.", ""), device=str(device), wall_time=wall, threads=torch.get_num_threads(),
+        loss_curve=curve,
         state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
     )
 

@@ -1,0 +1,190 @@
+"""An on-disk cache of trained minima, shared by all claims and safe under pytest-xdist.
+
+Key = sha256 of the :class:`~stabcheck.scales.MinimumConfig`, the trainer version, the torch
+version and the device type (CPU and GPU runs give different parameters). A miss trains under a
+file lock (``filelock``), so concurrent workers asking for the same minimum train it once; files
+are written to a temporary name and renamed, so a reader never sees half a file.
+
+>>> import tempfile
+>>> from stabcheck.scales import Setup
+>>> setup = Setup("tiny", "fashion_mnist", 20, "fnn", (("widths", (8,)),), tol=1e-2, max_iters=200)
+>>> cache = MinimaCache(tempfile.mkdtemp(), progress=False)                # doctest: +SKIP
+>>> m = cache.get(setup.config(lr=0.5, batch_size=None, seed=0))          # doctest: +SKIP
+>>> m.record["status"], cache.misses, cache.get(m.config).record == m.record, cache.hits   # doctest: +SKIP
+('converged', 1, True, 1)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+from torch import nn
+
+from .data import Dataset, load_dataset
+from .models import build_model
+from .problem import Problem
+from .scales import MinimumConfig
+from .train import TRAINER_VERSION, train
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def cache_key(config: MinimumConfig, device: str | torch.device = "cpu", dtype: str = "float32") -> str:
+    """Hex digest naming the cached minimum of ``config`` trained on ``device`` in ``dtype``.
+
+    >>> from stabcheck.scales import profile
+    >>> c = profile("small").setups["fnn"].config(0.1, None, 0)
+    >>> cache_key(c) == cache_key(c), cache_key(c) == cache_key(c.with_(seed=1))
+    (True, False)
+    """
+    payload = {
+        "config": config.as_dict(), "trainer_version": TRAINER_VERSION,
+        "torch": ".".join(torch.__version__.split("+")[0].split(".")[:2]),
+        "device": torch.device(device).type, "dtype": dtype,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+@lru_cache(maxsize=8)
+def _dataset(name: str, n: int, data_options: tuple, data_dir: str | None) -> Dataset:
+    return load_dataset(name, n, with_test=False, data_dir=data_dir, **dict(data_options))
+
+
+def dataset_for(config: MinimumConfig, data_dir: str | None = None) -> Dataset:
+    """The training data of a config's setup (loaded once per process)."""
+    s = config.setup
+    return _dataset(s.dataset, s.n, s.data_options, data_dir)
+
+
+def build_for(config: MinimumConfig, dataset: Dataset) -> nn.Module:
+    """The freshly initialised model of a config (initialisation drawn from ``config.seed``)."""
+    s = config.setup
+    return build_model(s.model, seed=config.seed, in_shape=tuple(dataset.inputs.shape[1:]),
+                       num_classes=dataset.num_classes, **dict(s.model_options))
+
+
+@dataclass
+class Minimum:
+    """A trained minimum: its config, the training record (dict, no parameters) and the parameters.
+
+    ``model()`` gives the net in eval mode; ``problem()`` the :class:`~stabcheck.problem.Problem` on
+    its training set with the setup's loss, ready for ``stabcheck.sharpness`` / ``non_uniformity``.
+    """
+
+    config: MinimumConfig
+    record: dict
+    loss_curve: list[float]
+    state: dict[str, torch.Tensor]
+    dataset: Dataset
+    key: str
+    path: Path
+    from_cache: bool
+
+    @property
+    def status(self) -> str:
+        return self.record["status"]
+
+    @property
+    def converged(self) -> bool:
+        return self.record["status"] == "converged"
+
+    def model(self, device: str | torch.device = "cpu") -> nn.Module:
+        net = build_for(self.config, self.dataset)
+        net.load_state_dict(self.state)
+        return net.to(device).eval()
+
+    def problem(self, dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> Problem:
+        net = self.model(device or "cpu")
+        d = self.dataset
+        return Problem(net, d.inputs, d.targets(self.config.setup.loss), loss=self.config.setup.loss,
+                       dtype=dtype, device=device)
+
+    def summary(self) -> dict:
+        """JSON-ready: config, key and the training record."""
+        return {"config": self.config.as_dict(), "label": self.config.label, "key": self.key, **self.record}
+
+
+class MinimaCache:
+    """Trained minima in ``root`` (one ``<key>.pt`` with parameters, record and loss curve, and a
+    readable ``<key>.json``); ``get(config)`` trains on a miss and loads on a hit.
+
+    CPU training uses ``cpu_threads`` threads (default 1: the small profile's nets are
+    overhead-bound, one thread avoids oversubscribing a 2-core machine under pytest-xdist, and a
+    fixed thread count keeps the floating-point reductions, hence the parameters, reproducible).
+    """
+
+    def __init__(self, root: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: str = "float32",
+                 data_dir: str | None = None, progress: bool = True, lock_timeout: float = 3600.0,
+                 cpu_threads: int | None = 1):
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {tuple(_DTYPES)}, got {dtype!r}")
+        self.root = Path(root)
+        self.device = str(device)
+        self.dtype = dtype
+        self.data_dir = data_dir
+        self.progress = progress
+        self.lock_timeout = lock_timeout
+        self.cpu_threads = cpu_threads
+        self.hits = 0
+        self.misses = 0
+
+    def path(self, config: MinimumConfig) -> Path:
+        return self.root / f"{cache_key(config, self.device, self.dtype)}.pt"
+
+    def get(self, config: MinimumConfig) -> Minimum:
+        """The minimum of ``config``: loaded from the cache, or trained, stored and returned."""
+        path = self.path(config)
+        dataset = dataset_for(config, self.data_dir)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock", timeout=self.lock_timeout):
+            if path.exists():
+                self.hits += 1
+                return self._load(path, config, dataset)
+            self.misses += 1
+            return self._train_and_store(path, config, dataset)
+
+    def _load(self, path: Path, config: MinimumConfig, dataset: Dataset) -> Minimum:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if blob["config"] != config.as_dict():
+            raise RuntimeError(f"cache file {path} holds a different config (hash collision or edited file); delete it")
+        return Minimum(config, blob["record"], blob["loss_curve"], blob["state"], dataset, path.stem, path, True)
+
+    def _train_and_store(self, path: Path, config: MinimumConfig, dataset: Dataset) -> Minimum:
+        s = config.setup
+        if self.progress:
+            print(f"[minima] training {config.label} on {self.device} (cache miss: {path.name})", file=sys.stderr,
+                  flush=True)
+        net = build_for(config, dataset)
+        rec = train(net, dataset.inputs, dataset.targets(s.loss), lr=config.lr, batch_size=config.batch_size,
+                    loss=s.loss, momentum=config.momentum, tol=s.tol, max_iters=s.max_iters, seed=config.seed,
+                    sampler=config.sampler, device=self.device, dtype=_DTYPES[self.dtype], progress=self.progress,
+                    num_threads=self.cpu_threads if torch.device(self.device).type == "cpu" else None)
+        record = rec.as_dict()
+        record["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        record["data_source"] = dataset.source
+        blob = {"config": config.as_dict(), "record": record, "loss_curve": rec.loss_curve, "state": rec.state}
+        _atomic_write(path, lambda fh: torch.save(blob, fh))
+        summary = {"config": config.as_dict(), "label": config.label, **record}
+        _atomic_write(path.with_suffix(".json"), lambda fh: fh.write(json.dumps(summary, indent=1).encode()))
+        if self.progress:
+            print(f"[minima] {config.label}: {rec.status} after {rec.iterations} iterations, "
+                  f"{rec.wall_time:.1f} s", file=sys.stderr, flush=True)
+        return Minimum(config, record, rec.loss_curve, rec.state, dataset, path.stem, path, False)
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
