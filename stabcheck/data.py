@@ -224,6 +224,7 @@ def load_fashion_mnist(
 def _fashion_from_files(files: dict[str, Path], n: int, with_test: bool, source: str) -> Dataset:
     images = read_idx(files["train_images"], limit=n)
     labels = read_idx(files["train_labels"], limit=n)
+    _check_n(n, min(len(images), len(labels)), f"FashionMNIST training images in {files['train_images'].parent}")
     test_x = test_y = None
     if with_test:
         test_x = _images_to_tensor(read_idx(files["test_images"]))
