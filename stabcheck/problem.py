@@ -92,6 +92,9 @@ class Problem:
             )
         if chunk_size < 1:
             raise ProblemError(f"chunk_size must be a positive integer, got {chunk_size}")
+        if isinstance(model, torch.jit.ScriptModule):
+            raise ProblemError("TorchScript modules cannot be evaluated with other parameters (torch.func); "
+                               "build the model in Python and load its state dict")
         check_eval_safe(model)
 
         first = next(model.parameters(), None)

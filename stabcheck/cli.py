@@ -1,0 +1,218 @@
+"""Command line: ``python -m stabcheck measure`` (a saved model) and ``python -m stabcheck report`` (figures)."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import warnings
+import zipfile
+from pathlib import Path
+
+import torch
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class CliError(Exception):
+    """Bad input on the command line; the message says what to change."""
+
+
+# Options that are sequences even when given one value (fnn:widths=32).
+SEQUENCE_OPTIONS = ("widths", "channels")
+
+
+def _parse_arch(spec: str) -> tuple[str, dict]:
+    """``fnn:widths=500-500-500`` → ("fnn", {"widths": (500, 500, 500)}); booleans true/false."""
+    name, _, rest = spec.partition(":")
+    options: dict = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise CliError(f"--arch option {item!r} is not key=value (example: fnn:widths=500-500-500)")
+        if value.lower() in ("true", "false"):
+            options[key] = value.lower() == "true"
+        else:
+            try:
+                numbers = tuple(int(v) for v in value.split("-"))
+            except ValueError:
+                raise CliError(f"--arch option {item!r}: expected whole numbers joined by '-'") from None
+            options[key] = numbers if key in SEQUENCE_OPTIONS or len(numbers) > 1 else numbers[0]
+    return name, options
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") for name in archive.namelist())
+
+
+def load_model(path: Path, arch: str, in_shape, num_classes: int) -> torch.nn.Module:
+    """A state dict saved with torch.save plus ``--arch``; returned in eval mode."""
+    from .models import build_model
+
+    if not path.is_file():
+        raise CliError(f"model file {path} does not exist")
+    if _is_torchscript(path):
+        raise CliError(f"{path} is a TorchScript file: torch.func cannot evaluate TorchScript modules with other "
+                       "parameters, so save the model's state dict (torch.save(model.state_dict(), path)) and pass --arch")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same to the user
+        raise CliError(f"{path} is neither a TorchScript file nor a state dict saved with torch.save ({err})") from err
+    if not isinstance(state, dict):
+        raise CliError(f"{path} holds a {type(state).__name__}, not a state dict")
+    name, options = _parse_arch(arch)
+    try:
+        model = build_model(name, seed=0, in_shape=in_shape, num_classes=num_classes, **options)
+    except ValueError as err:
+        raise CliError(f"--arch {arch}: {err}") from err
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise CliError(f"the state dict in {path} does not fit --arch {arch}: {err}") from err
+    return model.eval()
+
+
+def load_data(args) -> tuple[torch.Tensor, torch.Tensor, tuple, int]:
+    """(inputs, targets for --loss, one sample's input shape, number of classes)."""
+    if args.data_file:
+        path = Path(args.data_file)
+        if not path.is_file():
+            raise CliError(f"data file {path} does not exist")
+        blob = dict(torch.load(path, map_location="cpu", weights_only=True))
+        if "inputs" not in blob or "targets" not in blob:
+            raise CliError(f"{path} must hold a dict with 'inputs' and 'targets' tensors, found keys {sorted(blob)}")
+        x, y = blob["inputs"], blob["targets"]
+        if args.n is not None:
+            x, y = x[: args.n], y[: args.n]
+        k = int(y.max()) + 1 if args.loss == "ce" else (y.shape[1] if y.ndim > 1 else 1)
+        return x, y, tuple(x.shape[1:]), k
+    from .data import DataNotFoundError, DataRequestError, load_dataset
+
+    try:
+        ds = load_dataset(args.data, args.n, data_dir=args.data_dir, with_test=False)
+    except (DataNotFoundError, DataRequestError) as err:
+        raise CliError(str(err)) from err
+    return ds.inputs, ds.targets(args.loss), tuple(ds.inputs.shape[1:]), ds.num_classes
+
+
+def measure(args) -> dict:
+    from . import Problem, ProblemError, non_uniformity, nonuniformity_bound, sharpness, sharpness_bound, theorem1
+
+    if args.lr <= 0:
+        raise CliError(f"--lr must be positive, got {args.lr}")
+    x, y, in_shape, k = load_data(args)
+    model = load_model(Path(args.model), args.arch, in_shape, k)
+    try:
+        prob = Problem(model, x, y, loss=args.loss, dtype=DTYPES[args.dtype], device=args.device)
+    except ProblemError as err:
+        raise CliError(str(err)) from err
+    batches = sorted(set(args.batch_size or [prob.n]))
+    bad = [b for b in batches if not 1 <= b <= prob.n]
+    if bad:
+        raise CliError(f"--batch-size must lie in [1, n={prob.n}], got {bad}")
+    opts = dict(method=args.method, tol=args.tol, maxiter=args.maxiter, seed=args.seed)
+    progress = (lambda msg: print(msg, file=sys.stderr)) if not args.quiet else (lambda msg: None)
+    progress(f"[measure] n={prob.n}, d={prob.dim}, loss={args.loss}, dtype={args.dtype}, device={args.device}")
+    a = sharpness(prob, **opts)
+    progress(f"[measure] sharpness a = {a.value:.6g} ({a.matvecs} products, converged={a.converged})")
+    s = non_uniformity(prob, engine=args.engine, **opts)
+    progress(f"[measure] non-uniformity s = {s.value:.6g} ({s.matvecs} products, engine={s.engine}, converged={s.converged})")
+    rows = []
+    for b in batches:
+        t1 = theorem1(prob, args.lr, b, engine=args.engine, **opts)
+        s_bound = nonuniformity_bound(args.lr, b, prob.n)
+        rows.append({
+            "batch_size": b, "sharpness_bound": sharpness_bound(args.lr), "nonuniformity_bound": s_bound,
+            "a_within_bound": a.value <= sharpness_bound(args.lr), "s_within_bound": s.value <= s_bound,
+            "theorem1": t1.value, "theorem1_stable": t1.stable, "theorem1_converged": t1.eigen.converged,
+        })
+    return {
+        "model": args.model, "n": prob.n, "dim": prob.dim, "loss": args.loss, "lr": args.lr,
+        "training_loss": prob.loss_value(), "sharpness": a.as_dict(), "non_uniformity": s.as_dict(),
+        "settings": rows, "mode": "eval",
+    }
+
+
+def _table(result: dict) -> str:
+    a, s = result["sharpness"], result["non_uniformity"]
+    lines = [
+        f"model {result['model']}  n={result['n']}  d={result['dim']}  loss={result['loss']}  "
+        f"training loss={result['training_loss']:.4g}  lr={result['lr']}",
+        f"sharpness       a = {a['value']:.6g}   (converged={a['converged']}, residual={a['residual']:.1e}, {a['matvecs']} products)",
+        f"non-uniformity  s = {s['value']:.6g}   (converged={s['converged']}, residual={s['residual']:.1e}, "
+        f"{s['matvecs']} products, engine={s['engine']})",
+        "",
+        f"{'B':>6} {'2/lr':>10} {'a ok':>5} {'s bound':>10} {'s ok':>5} {'Theorem 1':>10} {'verdict':>10}",
+    ]
+    for r in result["settings"]:
+        bound = "inf" if math.isinf(r["nonuniformity_bound"]) else f"{r['nonuniformity_bound']:.4g}"
+        verdict = "stable" if r["theorem1_stable"] else "unstable"
+        lines.append(f"{r['batch_size']:>6} {r['sharpness_bound']:>10.4g} {str(r['a_within_bound']):>5} {bound:>10} "
+                     f"{str(r['s_within_bound']):>5} {r['theorem1']:>10.6f} {verdict:>10}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m stabcheck", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    m = sub.add_parser("measure", help="sharpness, non-uniformity and the stability criteria of a saved model",
+                       description="Measure a, s, the bounds for the given lr and batch sizes, the Theorem-1 value "
+                                   "and its verdict for a saved model on a dataset.")
+    m.add_argument("--model", required=True, help="a state dict saved with torch.save(model.state_dict(), FILE)")
+    m.add_argument("--arch", required=True, help="model spec for a state dict: fnn:widths=500-500-500 | vgg | resnet:depth=14,width=2,"
+                                  "batch_norm=true | resfnn:width=64,blocks=2,batch_norm=false")
+    src = m.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", choices=("fashion_mnist", "cifar10", "cifar10_all"),
+                     help="a dataset of the paper (first --n training images, original order)")
+    src.add_argument("--data-file", help="a torch.save'd dict with 'inputs' and 'targets' tensors")
+    m.add_argument("--n", type=int, default=None, help="number of training samples (default: all / 1000 for --data)")
+    m.add_argument("--data-dir", default=None, help="torchvision dataset root searched first (env STABCHECK_DATA_DIR)")
+    m.add_argument("--loss", choices=("mse", "half_sq", "ce"), default="mse",
+                   help="per-sample loss used in training (default mse: the paper's MSELoss on one-hot targets)")
+    m.add_argument("--lr", type=float, required=True, help="learning rate η of the SGD/GD run to check")
+    m.add_argument("--batch-size", type=int, nargs="+", help="batch sizes B to check (default: n, i.e. GD)")
+    m.add_argument("--method", choices=("lanczos", "power"), default="lanczos", help="eigensolver (default lanczos)")
+    m.add_argument("--engine", default="auto", help="Σ engine: auto (default), loop, vmap, or another registered one")
+    m.add_argument("--tol", type=float, default=1e-4, help="relative tolerance of the eigensolver (default 1e-4)")
+    m.add_argument("--maxiter", type=int, default=50, help="iteration cap of the eigensolver (default 50)")
+    m.add_argument("--seed", type=int, default=0, help="seed of the start vector (default 0)")
+    m.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="computation dtype (default float32)")
+    m.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    m.add_argument("--json", metavar="FILE", help="also write the result as JSON to FILE ('-' for standard output)")
+    m.add_argument("--quiet", action="store_true", help="no progress messages on standard error")
+
+    r = sub.add_parser("report", help="draw the figures of a claims run from its claims.json",
+                       description="Regenerate the figures (PNG) of a report folder from its claims.json.")
+    r.add_argument("folder", help="report folder holding claims.json (e.g. reports/run-20261126-170000)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    # torch warns about its own TorchScript internals on import; nothing a user can act on.
+    warnings.filterwarnings("ignore", message="`torch.jit", category=FutureWarning)
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "measure":
+            if args.data and args.n is None:
+                args.n = 1000
+            result = measure(args)
+            print(_table(result))
+            if args.json == "-":
+                print(json.dumps(result, indent=1))
+            elif args.json:
+                from .report import write_atomic
+
+                write_atomic(Path(args.json), json.dumps(result, indent=1))
+        else:
+            from .figures import draw_all
+
+            for path in draw_all(Path(args.folder)):
+                print(path)
+    except CliError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,61 @@
+"""``python -m stabcheck measure``: a saved model's numbers, and clear errors for bad input."""
+import json
+
+import pytest
+import torch
+
+import stabcheck
+from stabcheck.cli import main
+from stabcheck.models import build_model
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = build_model("fnn", seed=0, in_shape=(1, 4, 4), num_classes=3, widths=(6,))
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(12, 1, 4, 4, generator=g)
+    y = torch.nn.functional.one_hot(torch.randint(0, 3, (12,), generator=g), 3).float()
+    torch.save({"inputs": x, "targets": y}, tmp_path / "data.pt")
+    return tmp_path, model, x, y
+
+
+def _args(tmp_path, *extra):
+    return ["measure", "--model", str(tmp_path / "model.pt"), "--arch", "fnn:widths=6",
+            "--data-file", str(tmp_path / "data.pt"), "--lr", "0.5", "--dtype", "float64", "--quiet", *extra]
+
+
+def test_measure_prints_table_and_writes_json_matching_the_library(saved, capsys):
+    tmp_path, model, x, y = saved
+    out = tmp_path / "result.json"
+    assert main(_args(tmp_path, "--batch-size", "1", "12", "--json", str(out))) == 0
+    table = capsys.readouterr().out
+    assert "sharpness" in table and "Theorem 1" in table
+    result = json.loads(out.read_text())
+    prob = stabcheck.Problem(model.eval(), x, y, dtype=torch.float64)
+    assert result["sharpness"]["value"] == pytest.approx(stabcheck.sharpness(prob).value, rel=1e-6)
+    assert result["non_uniformity"]["value"] == pytest.approx(stabcheck.non_uniformity(prob).value, rel=1e-6)
+    assert [r["batch_size"] for r in result["settings"]] == [1, 12]
+    assert result["settings"][1]["nonuniformity_bound"] == float("inf")
+    assert result["settings"][0]["theorem1"] == pytest.approx(stabcheck.theorem1(prob, 0.5, 1).value, rel=1e-6)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"--arch": "fnn:widths=7"}, "does not fit --arch fnn:widths=7"),
+    ({"--arch": "fnn:widths=six"}, "expected whole numbers"),
+    ({"--lr": "-1"}, "--lr must be positive"),
+    ({"--model": "missing.pt"}, "does not exist"),
+    ({"--data-file": "missing.pt"}, "does not exist"),
+])
+def test_measure_bad_input_gets_a_clear_error(saved, capsys, change, message):
+    tmp_path = saved[0]
+    args = _args(tmp_path)
+    for flag, value in change.items():
+        args[args.index(flag) + 1] = value if flag in ("--arch", "--lr") else str(tmp_path / value)
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_measure_refuses_batch_size_outside_range(saved, capsys):
+    assert main(_args(saved[0], "--batch-size", "13")) == 2
+    assert "--batch-size must lie in [1, n=12]" in capsys.readouterr().err
