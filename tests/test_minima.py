@@ -1,0 +1,138 @@
+"""The cache of trained minima: miss then hit, keys, atomic files, the fixtures, and pytest-xdist safety."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import stabcheck
+from stabcheck import minima
+from stabcheck.minima import MinimaCache, cache_key
+from stabcheck.scales import Setup, profile
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = Setup("tiny", "fashion_mnist", 20, "fnn", (("widths", (8,)),), tol=1e-2, max_iters=400)
+
+
+def test_miss_then_hit_gives_the_same_minimum(tmp_path):
+    config = TINY.config(lr=0.5, batch_size=None, seed=0)
+    first = MinimaCache(tmp_path, progress=False).get(config)
+    assert not first.from_cache and first.status in ("converged", "max_iters")
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == \
+        [f"{first.key}.json", f"{first.key}.pt"]  # no temporary file left behind
+    cache = MinimaCache(tmp_path, progress=False)
+    second = cache.get(config)
+    assert second.from_cache and (cache.hits, cache.misses) == (1, 0)
+    assert second.record == first.record and second.loss_curve == first.loss_curve
+    assert all(torch.equal(first.state[k], second.state[k]) for k in first.state)
+    summary = json.loads((tmp_path / f"{first.key}.json").read_text())
+    assert summary["label"] == "tiny-eta0.5-Bn-seed0" and summary["seed"] == 0 and summary["dtype"] == "float32"
+
+
+def test_problem_of_a_minimum_is_ready_to_measure(tmp_path):
+    m = MinimaCache(tmp_path, progress=False).get(TINY.config(lr=0.5, batch_size=5, seed=1))
+    prob = m.problem(dtype=torch.float64)
+    assert prob.n == 20 and prob.loss == "mse" and not m.model().training
+    assert prob.loss_value() == pytest.approx(m.record["final_loss"], rel=1e-4, abs=1e-7)
+    assert stabcheck.sharpness(prob, tol=1e-3).value > 0
+
+
+def test_key_changes_with_every_setting(monkeypatch):
+    base = TINY.config(lr=0.5, batch_size=None, seed=0)
+    variants = [base.with_(lr=0.4), base.with_(batch_size=5), base.with_(momentum=0.5), base.with_(seed=1),
+                base.with_(sampler="uniform"), Setup(**{**TINY.__dict__, "tol": 1e-3}).config(0.5, None, 0)]
+    keys = {cache_key(base)} | {cache_key(v) for v in variants}
+    keys |= {cache_key(base, device="cuda"), cache_key(base, dtype="float64")}
+    assert len(keys) == len(variants) + 3
+    old = cache_key(base)
+    monkeypatch.setattr(minima, "TRAINER_VERSION", "test-bump")
+    assert cache_key(base) != old
+
+
+def test_changed_trainer_version_is_a_miss(tmp_path, monkeypatch):
+    config = TINY.config(lr=0.5, batch_size=None, seed=2)
+    MinimaCache(tmp_path, progress=False).get(config)
+    monkeypatch.setattr(minima, "TRAINER_VERSION", "test-bump")
+    cache = MinimaCache(tmp_path, progress=False)
+    assert not cache.get(config).from_cache and cache.misses == 1
+
+
+def test_fixture_factory_and_profile(trained_minimum, scale_profile, scale):
+    assert scale_profile.name == scale
+    m = trained_minimum(TINY.config(lr=0.5, batch_size=None, seed=0))
+    assert trained_minimum(m.config) is m  # held for the session
+
+
+@pytest.mark.parametrize("name", ["small", "paper"], ids=["small-profile", "paper-profile"])
+def test_profiles_are_complete(name):
+    p = profile(name)
+    configs = p.minima()
+    assert len(configs) == len(set(configs)) and all(c.setup.name in p.setups for c in configs)
+    assert len({c.label for c in configs}) == len(configs)  # readable ids are unique
+    assert any(c.momentum > 0 for c in configs) and any(c.is_gd for c in configs)
+    assert {c.setup.model_options for c in configs if c.setup.model.startswith("res")} >= {
+        s.model_options for s in p.setups.values() if s.model.startswith("res")}
+    assert p.batch.batch_sizes[0] is not None and None in p.batch.batch_sizes  # small B and GD at fixed η
+    for (lr1, b1), (lr2, b2) in p.equal_ratio:
+        assert lr1 / b1 == pytest.approx(lr2 / b2) and lr1 != lr2
+
+
+def test_paper_profile_is_the_papers_settings():
+    p = profile("paper")
+    fnn, vgg = p.setups["fnn"], p.setups["vgg"]
+    assert (fnn.dataset, fnn.n, dict(fnn.model_options)["widths"], fnn.tol, fnn.loss) == \
+        ("fashion_mnist", 1000, (500, 500, 500), 1e-4, "mse")
+    assert (vgg.dataset, vgg.n, vgg.model, vgg.tol) == ("cifar10", 1000, "vgg", 1e-4)
+    assert {0.01, 0.05, 0.1, 0.5, 1.0, 5.0} <= set(p.gd_lrs.lrs) and set(p.batch.batch_sizes) >= {10, 100, None}
+    assert len(p.gd_lrs.seeds) == 5
+
+
+@pytest.mark.slow
+def test_two_xdist_workers_train_a_minimum_once(tmp_path):
+    """Both workers of ``pytest -n 2 --dist each`` ask for the same minimum: one trains, one loads."""
+    pytest.importorskip("xdist")
+    scratch = Path(tempfile.mkdtemp(prefix="xdist-check-", dir=_scratch_root()))
+    try:
+        out = tmp_path / "out"
+        out.mkdir()
+        (scratch / "test_inner_minimum.py").write_text(textwrap.dedent(f"""
+            import json, os
+            from stabcheck.scales import Setup
+
+            def test_same_minimum(trained_minimum):
+                setup = Setup("xdist", "fashion_mnist", 20, "fnn", (("widths", (8,)),), tol=1e-2, max_iters=400)
+                m = trained_minimum(setup.config(lr=0.5, batch_size=None, seed=0))
+                payload = {{"from_cache": m.from_cache, "key": m.key,
+                            "state": {{k: v.tolist() for k, v in m.state.items()}}}}
+                with open(os.path.join({str(out)!r}, str(os.getpid()) + ".json"), "w") as fh:
+                    json.dump(payload, fh)
+        """))
+        env = {**os.environ, "STABCHECK_CACHE_DIR": str(tmp_path / "cache")}
+        run = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-n", "2", "--dist", "each", "-p", "no:cacheprovider",
+             "--cache-dir", str(tmp_path / "cache"), str(scratch / "test_inner_minimum.py")],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        )
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        results = [json.loads(p.read_text()) for p in out.glob("*.json")]
+        assert len(results) == 2, run.stdout[-2000:]
+        assert sorted(r["from_cache"] for r in results) == [False, True]
+        assert results[0]["key"] == results[1]["key"] and results[0]["state"] == results[1]["state"]
+        assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _scratch_root() -> Path:
+    # The inner run must sit under the repository so that the root conftest and fixtures/ load.
+    root = ROOT / ".cache" / "scratch"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
