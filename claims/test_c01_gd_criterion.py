@@ -77,4 +77,4 @@ def test_gd_bounded_below_and_grows_at_one_minus_eta_a_above(claim, case, factor
         assert growth <= 1 + 1e-12, f"GD below 2/a grew: max ‖e_t‖/‖e_0‖ = {growth}"
     else:
         assert float(norms[-1]) > float(norms[0]), "GD above 2/a did not grow"
-        assert rate_norm == pytest.approx(expected, rel=RATE_RTOL), f"norm growth rate {rate_norm} vs |1−ηa| = {expected}"
+        assert rate_norm == pytest.approx(expected, rel=RATE_RTOL), f"norm rate {rate_norm} vs |1−ηa| = {expected}"

@@ -8,7 +8,6 @@ at x = 1 + 1e-5 leaves x = 1 and ends at x = 0; GD stays at x = 1.
 import math
 
 import pytest
-import torch
 
 import stabcheck
 from stabcheck.toys import OneDimensionalExample, exit_steps, run_sgd

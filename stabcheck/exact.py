@@ -6,8 +6,9 @@ samples shares a batch gives, for B-subsets drawn without replacement,
 
     E[A_ξ ⊗ A_ξ] = (I − ηH) ⊗ (I − ηH) + η² p (M − H ⊗ H),    M = (1/n) Σ_i H_i ⊗ H_i,
 
-with p = (n − B)/(B(n − 1)) (1/B for B-tuples drawn with replacement), the Kronecker form of the
-identity E[A_ξ²] = (I − ηH)² + η² p Σ behind Theorem 1 (Mulayoff & Michaeli, NeurIPS 2023).
+with p = (n − B)/(B(n − 1)) (1/B for B-tuples drawn with replacement): the Kronecker form of the
+identity E[A_ξ²] = (I − ηH)² + η² p Σ behind Theorem 1, and the exact criterion of Mulayoff & Michaeli
+(NeurIPS 2023).
 The map is completely positive, so its spectral radius ρ is its largest eigenvalue and has a PSD
 eigenvector S (Krein–Rutman); x* is mean-square stable iff ρ ≤ 1. Because
 tr E[A S A] = tr(E[A²] S) ≤ λ_max(E[A²]) tr S, ρ never exceeds Theorem 1's value.
@@ -39,7 +40,9 @@ NULL_RTOL = 1e-10
 
 
 def sample_hessians(problem: Problem) -> Tensor:
-    """(n, d, d) float64 stack of the per-sample Hessians H_i = ∇²f_i at ``problem.params``.
+    """(n, d, d) stack of the per-sample Hessians H_i = ∇²f_i at ``problem.params``, as float64.
+
+    Computed in the problem's dtype: build the Problem with ``dtype=torch.float64`` for ground truth.
 
     >>> import torch
     >>> prob = Problem(torch.nn.Linear(2, 1), torch.randn(3, 2), torch.zeros(3, 1), loss="half_sq")
@@ -132,8 +135,8 @@ def batch_noise(n: int, batch_size: int, replace: bool = False) -> float:
     return noise_factor(n, batch_size)
 
 
-def _kron_terms(hessians: Tensor, batch_size: int, replace: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """(H, K = H ⊗ I + I ⊗ H, Q = E[H_ξ ⊗ H_ξ]) for the closed forms."""
+def _kron_terms(hessians: Tensor, batch_size: int, replace: bool) -> tuple[Tensor, Tensor]:
+    """(K = H ⊗ I + I ⊗ H, Q = E[H_ξ ⊗ H_ξ]): E[A_ξ ⊗ A_ξ] = I − ηK + η²Q."""
     h = check_hessians(hessians)
     n, d, _ = h.shape
     p = batch_noise(n, batch_size, replace)
@@ -141,7 +144,7 @@ def _kron_terms(hessians: Tensor, batch_size: int, replace: bool) -> tuple[Tenso
     eye = torch.eye(d, dtype=h.dtype)
     hh = torch.kron(mean, mean)
     m = torch.einsum("nij,nkl->ikjl", h, h).reshape(d * d, d * d) / n
-    return mean, torch.kron(mean, eye) + torch.kron(eye, mean), hh + p * (m - hh)
+    return torch.kron(mean, eye) + torch.kron(eye, mean), hh + p * (m - hh)
 
 
 def second_moment_matrix(hessians: Tensor, lr: float, batch_size: int, replace: bool = False) -> Tensor:
@@ -154,7 +157,7 @@ def second_moment_matrix(hessians: Tensor, lr: float, batch_size: int, replace: 
     0.5
     """
     lr = check_lr(lr)
-    _, k, q = _kron_terms(hessians, batch_size, replace)
+    k, q = _kron_terms(hessians, batch_size, replace)
     return torch.eye(k.shape[0], dtype=k.dtype) - lr * k + lr * lr * q
 
 
@@ -214,7 +217,7 @@ def mean_square_threshold(hessians: Tensor, batch_size: int, replace: bool = Fal
     1.0
     """
     h = check_hessians(hessians, psd=True)
-    _, k, q = _kron_terms(h, batch_size, replace)
+    k, q = _kron_terms(h, batch_size, replace)
     return _generalised_threshold(k, q)
 
 

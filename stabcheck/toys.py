@@ -7,9 +7,9 @@ SGD runs take milliseconds):
 * :class:`QuadraticToy` — f_i(x) = ½‖L_iᵀx‖², H_i = L_i L_iᵀ: random PSD interpolation problems and
   rank-one f_i = ½(a_iᵀx)² (C1, C2, C3, C12).
 * :class:`OneDimensionalExample` — f_i(x) = min{x², c_i(x − 1)²}, c = (0.1, 1.9) (C4).
-* :class:`AppendixBToy` — f(x) = a0 + √a1·x − √a2·x² fitted to {(0, 0), (1, 0)} (C11, Figure 10).
+* :class:`AppendixBToy` — f(u) = a0 + √a1·u − √a2·u² fitted to {(0, 0), (1, 0)} (C11, Figure 10).
 
-:func:`run_sgd` runs SGD on many seeds at once: x ← x − η (1/B) Σ_{j∈ξ} ∇f_j(x) with a fresh uniformly
+:func:`run_sgd` runs many independent SGD runs at once: x ← x − η (1/B) Σ_{j∈ξ} ∇f_j(x) with a fresh uniformly
 random B-subset ξ per step and run (without replacement, PAPER.md §1); B = n is GD.
 """
 from __future__ import annotations
@@ -38,6 +38,7 @@ class Toy:
         raise NotImplementedError
 
     def data(self) -> tuple[Tensor, Tensor]:
+        """(inputs, targets) of the n samples, as the torch model and the loss take them."""
         raise NotImplementedError
 
     def sample_grads(self, x: Tensor, index: Tensor) -> Tensor:
@@ -60,7 +61,8 @@ class Toy:
     def check_point(self, point) -> Tensor:
         point = torch.as_tensor(point, dtype=DTYPE)
         if point.shape != (self.dim,):
-            raise ValueError(f"a point of {type(self).__name__} has {self.dim} coordinates, got shape {tuple(point.shape)}")
+            raise ValueError(f"a point of {type(self).__name__} has {self.dim} coordinates, "
+                             f"got shape {tuple(point.shape)}")
         return point
 
 
@@ -228,7 +230,8 @@ class AppendixBToy(Toy):
     def model(self, point: Tensor) -> nn.Module:
         point = self.check_point(point)
         if bool((point[1:] <= 0).any()):
-            raise ValueError(f"a1 and a2 must be positive for the model to be twice differentiable, got {point.tolist()}")
+            raise ValueError("a1 and a2 must be positive for the model to be twice differentiable, "
+                             f"got {point.tolist()}")
         return AppendixBModel(point)
 
     def data(self) -> tuple[Tensor, Tensor]:

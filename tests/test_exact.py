@@ -81,7 +81,8 @@ def test_radius_never_exceeds_theorem1_value(seed):
 def _bisect_threshold(h, batch_size, replace=False):
     """Largest η with enumerated radius ≤ 1, by bisection (the ground truth of the closed form)."""
     def stable(lr):
-        return float(torch.linalg.eigvals(exact.second_moment_enumerated(h, lr, batch_size, replace)).abs().max()) <= 1 + 1e-12
+        moment_map = exact.second_moment_enumerated(h, lr, batch_size, replace)
+        return float(torch.linalg.eigvals(moment_map).abs().max()) <= 1 + 1e-12
     lo, hi = 0.0, 1.0
     while stable(hi):
         lo, hi = hi, 2 * hi
