@@ -76,7 +76,7 @@ def test_sgd_leaves_x1_and_ends_at_x0(claim, base_seed):
                   "escape step 10%": steps.quantile(0.1), "escape step 90%": steps.quantile(0.9),
                   "runs": RUNS},
         expected={"fraction at x=0 at least": 0.95, "fraction that left x=1 at least": 0.95,
-                  "escape step from E log|1-eta h|": math.log(LEFT / (START - 1)) / growth},
+                  "escape step from E log abs(1-eta h)": math.log(LEFT / (START - 1)) / growth},
         seed=seed, dtype="float64",
     )
     assert left >= 0.95, f"only {left:.1%} of SGD runs left x = 1"

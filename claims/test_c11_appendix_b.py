@@ -123,7 +123,8 @@ def test_theorem1_gd_end_unstable_sgd_ends_stable(claim, base_seed):
         expected={"T1 at GD end above": 1 + gd_t1.stable_tol, "T1 at SGD ends at most": 1 + gd_t1.stable_tol,
                   "min T1 threshold lr at least": LR},
         seed=seed, dtype="float64",
-        note="the exact criterion puts GD's end just inside the stable region: Theorem 1 is only sufficient in d = 3",
+        note="Theorem-1 values at minima are at least 1: T = I along the set of minima (0, a, a). The exact "
+             "criterion puts GD's end just inside the stable region: Theorem 1 is only sufficient in d = 3",
     )
     assert not gd_t1.stable, f"Theorem 1 calls GD's end stable: value {gd_t1.value}"
     assert all(r.stable for r in sgd_t1), f"Theorem 1 calls an SGD end unstable: {[r.value for r in sgd_t1]}"
