@@ -20,6 +20,7 @@ START = 1.0 + 1e-5
 AT_MINIMUM = 1e-4
 # a run has left x = 1 once |x − 1| exceeds this: 10⁴ times the initial offset, beyond linear reach
 LEFT = 0.1
+FIGURE_RUNS = 3  # SGD trajectories kept in the report for the figure
 
 
 @pytest.mark.claim("C4")
@@ -78,6 +79,7 @@ def test_sgd_leaves_x1_and_ends_at_x0(claim, base_seed):
         expected={"fraction at x=0 at least": 0.95, "fraction that left x=1 at least": 0.95,
                   "escape step from E log abs(1-eta h)": math.log(LEFT / (START - 1)) / growth},
         seed=seed, dtype="float64",
+        figure={"sgd_paths": run.path[:, :FIGURE_RUNS, 0].T, "escape_steps": escape},
     )
     assert left >= 0.95, f"only {left:.1%} of SGD runs left x = 1"
     assert at_zero >= 0.95, f"only {at_zero:.1%} of SGD runs ended at x = 0"

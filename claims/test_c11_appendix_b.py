@@ -22,6 +22,7 @@ STEPS = 500
 RUNS = 100
 START = (0.0, 0.1, 0.2)
 ALPHA = 0.01  # level of the one-sided sign test
+FIGURE_RUNS = 5  # SGD trajectories kept in the report for Figure 10a
 QUANTILES = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
 
 
@@ -90,6 +91,9 @@ def test_sgd_jumps_and_converges_to_larger_a(claim, base_seed):
                   "max final loss": losses[-1].max(), "projections": sgd.projections.sum()},
         expected={"fraction above GD at least": 0.9, "sign test p below": ALPHA, "projections": 0},
         seed=seed, dtype="float64",
+        # Figure 10 of the paper: a1 + a2 along GD and a few SGD runs, every end point
+        figure={"gd_a_sum": a_sum(gd.path[:, 0]), "sgd_a_sum": a_sum(sgd.path[:, :FIGURE_RUNS]).T,
+                "gd_final": gd.final[0], "sgd_final": sgd.final},
     )
     assert int(sgd.projections.sum()) == 0, "the projection onto a1, a2 ≥ 0 acted on SGD"
     assert float(losses[-1].max()) < 1e-20, f"an SGD run did not converge: loss {float(losses[-1].max())}"

@@ -13,6 +13,7 @@ def write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; a report is for everyone to read
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
         os.replace(tmp, path)

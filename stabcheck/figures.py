@@ -1,0 +1,126 @@
+"""Figures of a claims run, drawn from its ``claims.json`` alone (``python -m stabcheck report FOLDER``).
+
+Each figure reads the rows of one claim; a figure whose rows are missing from the run (e.g. only
+some claims were selected) is skipped with a message rather than drawn empty.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .cli import CliError
+
+
+def _rows(rows: list[dict], claim: str, test: str | None = None) -> list[dict]:
+    return [r for r in rows if r["claim"] == claim and (test is None or test in r["test"])]
+
+
+def _figure_rows(rows, claim, test=None):
+    return [r for r in _rows(rows, claim, test) if "figure" in r]
+
+
+def one_dimensional(rows, plt):
+    """C4: the landscape f = (f_1 + f_2)/2 with its two minima, and SGD leaving x = 1 for x = 0."""
+    from .toys import OneDimensionalExample
+
+    found = _figure_rows(rows, "C4", "test_sgd_leaves_x1")
+    if not found:
+        return None
+    fig_data = found[0]["figure"]
+    toy = OneDimensionalExample()
+    import torch
+
+    xs = torch.linspace(-0.6, 1.6, 400, dtype=torch.float64)
+    parts = torch.minimum(xs[:, None] ** 2, toy.constants * (xs[:, None] - 1) ** 2)
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(14, 4))
+    ax1.plot(xs, parts.mean(1), "k", lw=2, label="f = (f₁ + f₂)/2")
+    for i, c in enumerate(toy.constants.tolist()):
+        ax1.plot(xs, parts[:, i], "--", label=f"f{i + 1} = min{{x², {c:g}(x−1)²}}")
+    ax1.set(xlabel="x", ylabel="loss", title="C4: two global minima, a = 2 at both", ylim=(0, 0.4))
+    ax1.annotate("s = 0", (0, 0), (0.05, 0.08), arrowprops={"arrowstyle": "->"})
+    ax1.annotate("s = 1.8", (1, 0), (0.75, 0.12), arrowprops={"arrowstyle": "->"})
+    ax1.legend(fontsize=8)
+    for path in fig_data["sgd_paths"]:
+        ax2.plot(path, lw=1)
+    ax2.axhline(1, color="grey", ls=":", label="x = 1 (start 1 + 1e-5)")
+    ax2.axhline(0, color="grey", ls="--", label="x = 0")
+    ax2.set(xlabel="iteration", ylabel="x", title=f"SGD, η = 0.7, B = 1 ({len(fig_data['sgd_paths'])} runs)",
+            xlim=(0, 2.5 * max(s for s in fig_data["escape_steps"])))
+    ax2.legend(fontsize=8)
+    steps = [s for s in fig_data["escape_steps"] if s >= 0]
+    ax3.hist(steps, bins=30, color="C2")
+    ax3.axvline(float(np.median(steps)), color="k", ls="--", label=f"median {np.median(steps):.0f}")
+    ax3.set(xlabel="escape step (first |x − 1| > 0.1)", ylabel="runs", title=f"{len(steps)} SGD runs leave x = 1")
+    ax3.legend(fontsize=8)
+    return fig
+
+
+def appendix_b(rows, plt):
+    """C11 / Figure 10: a1 + a2 along GD and SGD, the fitted functions, the histogram of SGD's ends."""
+    found = _figure_rows(rows, "C11", "test_sgd_jumps")
+    if not found:
+        return None
+    d = found[0]["figure"]
+    gd_final, sgd_final = np.array(d["gd_final"]), np.array(d["sgd_final"])
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(14, 4))
+    ax1.plot(d["gd_a_sum"], "k", lw=2, label="GD")
+    for i, path in enumerate(d["sgd_a_sum"]):
+        ax1.plot(path, lw=1, alpha=0.8, label="SGD (B = 1)" if i == 0 else None)
+    ax1.set(xlabel="iteration", ylabel="a1 + a2", title="(a) trajectories, η = 0.5, from (0, 0.1, 0.2)")
+    ax1.legend(fontsize=8)
+    u = np.linspace(-0.5, 1.5, 200)
+
+    def fitted(p):
+        return p[0] + math.sqrt(max(p[1], 0)) * u - math.sqrt(max(p[2], 0)) * u**2
+
+    ax2.plot(u, fitted(gd_final), "k", lw=2, label=f"GD: a1 + a2 = {gd_final[1] + gd_final[2]:.3f}")
+    order = np.argsort(sgd_final[:, 1] + sgd_final[:, 2])
+    for k in (order[len(order) // 2], order[-1]):
+        p = sgd_final[k]
+        ax2.plot(u, fitted(p), lw=1, label=f"SGD: a1 + a2 = {p[1] + p[2]:.3f}")
+    ax2.plot(u, 0 * u, "grey", ls=":", label="ground truth f* = 0")
+    ax2.plot([0, 1], [0, 0], "ko", label="data")
+    ax2.set(xlabel="u", ylabel="f(u)", title="(b) fitted functions (flatter = closer to f*)")
+    ax2.legend(fontsize=8)
+    ax3.hist(sgd_final[:, 1] + sgd_final[:, 2], bins=20, color="C1", label=f"SGD ({len(sgd_final)} runs)")
+    ax3.axvline(gd_final[1] + gd_final[2], color="k", lw=2, label="GD")
+    ax3.set(xlabel="a1 + a2 at the end", ylabel="runs", title="(c) SGD selects larger a (worse generalisation)")
+    ax3.legend(fontsize=8)
+    return fig
+
+
+#: File name → drawing function (rows, pyplot) → figure or None when the run lacks its rows.
+FIGURES: dict[str, Callable] = {
+    "one_dimensional.png": one_dimensional,
+    "appendix_b.png": appendix_b,
+}
+
+
+def draw_all(folder: Path) -> list[Path]:
+    """Draw every figure whose rows the run holds into ``folder``; returns the files written."""
+    source = Path(folder) / "claims.json"
+    if not source.is_file():
+        raise CliError(f"{source} does not exist: give the folder of a claims run (it holds claims.json)")
+    try:
+        rows = json.loads(source.read_text())["rows"]
+    except (json.JSONDecodeError, KeyError) as err:
+        raise CliError(f"{source} is not a claims report ({err})") from err
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for name, draw in FIGURES.items():
+        fig = draw(rows, plt)
+        if fig is None:
+            continue
+        fig.tight_layout()
+        fig.savefig(Path(folder) / name, dpi=90)
+        plt.close(fig)
+        written.append(Path(folder) / name)
+    return written
