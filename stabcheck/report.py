@@ -57,8 +57,8 @@ def render_markdown(rows: list[dict], benchmarks: list[dict]) -> str:
     for claim, group in by_claim.items():
         out += [f"## {claim}", "", "| case | measured | paper / bound | verdict | time (s) |", "|---|---|---|---|---|"]
         for r in group:
-            meas = ", ".join(f"{k}={_fmt(v)}" for k, v in r["measured"].items())
-            exp = ", ".join(f"{k}={_fmt(v)}" for k, v in r["expected"].items())
+            meas = ", ".join(f"{k}={_fmt(v)}" for k, v in r["measured"].items()).replace("|", "\\|")
+            exp = ", ".join(f"{k}={_fmt(v)}" for k, v in r["expected"].items()).replace("|", "\\|")
             out.append(f"| `{r['case'] or r['test'].split('::')[-1]}` | {meas} | {exp} | {r['outcome']} | "
                        f"{r.get('duration_s', '')} |")
         out.append("")
