@@ -13,40 +13,62 @@ B = 10, 100 and GD; 5 seeds. The paper does not list its CIFAR-10 η grid, its r
 beyond the authors' data files (GD η′ = 0.3, 0.5; SGD B′ = 1, 4 at η = 0.1) or its momentum grid;
 those entries of ``paper`` are this project's choice.
 
-``small`` was chosen by measurement on the 2-core CI CPU (torch 2.14.1, one thread per run, with
-other jobs competing; times are CPU seconds of the training process, measurement not included):
+``small`` was chosen by measurement on the 2-core CI CPU (torch 2.14.1, one thread per training
+run, other jobs competing for the cores; "CPU s" = CPU seconds of the training process, which is
+about the wall time on an idle core):
 
-* FashionMNIST, first n = 100 training images; FNN 784-50-50-10; tol 1e-3; cap 20 000 iterations.
-  n = 200 with width 100 showed the same effects at 2-4× the cost (GD η = 0.05: 9077 iterations,
-  41 s wall). The FNN step is overhead-bound here: about 250-700 GD steps/s.
-* GD (C5), seed 0: η = 0.05 → 5724 it, 11 s, a = 22.8 (a·η/2 = 0.57, landscape-limited);
-  η = 0.1 → 2938 it, 4 s, a = 19.8 (0.99); η = 0.2 → 1746 it, 2 s, a = 10.0 (1.00);
-  η = 0.5 → 751 it, 1.4 s, a = 4.05 (1.01). η = 1.0 at tol 1e-3 stopped at a·η/2 = 1.09 / 1.03
-  (seeds 0/1; 0.98 at tol 1e-4): the loose tol stops large-η GD while it still oscillates at the
-  edge, so the grid ends at η = 0.5. tol 1e-4 costs 2.4× the iterations (η = 0.1: 7052 it, 15 s).
-* SGD at η = 0.1 (C6/C7), seed 0, s/bound with bound = √(B(n−1)/(n−B))/η:
-  B = 1: a = 3.3, s = 5.6 (0.56); B = 2: a = 7.4, s = 11.0 (0.78); B = 5: a = 11.8, s = 15.6 (0.68);
-  B = 20: a = 18.9, s = 21.9 (0.44); GD: a = 19.8, s = 22.7. 2800-3300 iterations, 3-4 s each.
-  Across all these minima s/a lies in 1.1-2.4 and r(a, s) ≈ 0.99 (C8).
-* Heavy-ball GD (C14), η = 0.2: μ = 0.5 → a = 15.0 (a·η/(2(1+μ)) = 1.00, 829 it);
-  μ = 0.8 → a = 17.9 (0.995, 345 it). SGD η = 0.1, B = 5: μ = 0 / 0.5 / 0.9 → a = 11.8 / 9.0 / 1.2,
-  s = 15.6 / 13.1 / 3.1.
-* Restart (C9) from GD η = 0.1 (a = 19.8): GD η′ = 0.2 leaves within 20 iterations
-  (a → 11.2, loss 1e-3 → 9e-3) and settles at a ≈ 10.2-10.5 by 260-300 iterations; SGD B′ = 2 leaves
-  within 40 (a → 15.4, then 13); GD η′ = 0.05 and SGD B′ = 20 keep a within 3% for 500 iterations.
-  Each restart of 300-500 iterations with a sharpness every 20-100 iterations: 1.5-4.5 s.
-* Residual nets (C13): the conv ResNet (depth 8, width 1) costs 0.12-0.2 s per GD step at n = 100
-  on this CPU, too slow for thousands of steps, so the small profile uses :class:`ResidualFNN`
-  (width 50, one block) on the same FashionMNIST data; the conv ResNet runs at paper scale.
-  BatchNorm-free, η = 0.1: GD a = 20.0, s = 25.0 (2444 it, 8 s); B = 10: a = 15.7, s = 19.9 (0.60);
-  B = 5: a = 14.2, s = 18.1 (0.79); B = 2: a = 9.6, s = 13.6 (0.96).
-  With BatchNorm (trained in train mode, measured in eval mode): GD stops after about 200 iterations
-  at a = 250, s = 580 (a·η/2 = 12.5: the bound broken by a large factor, as the authors' data);
-  B = 10: a = 16.1, s = 33.6 (s/bound 1.01); B = 20: a = 18.8, s = 48.1 (0.97). With BatchNorm
-  the mini-batch loss in train mode stays near 1e-2 (B = 10) or 3e-3 (B = 25-50) while the eval
-  loss is 1e-3 or less, so SGD with BatchNorm ends at its cap (status ``max_iters``, 3000 here);
-  B = 2 with BatchNorm does not fit at all (eval loss 0.08 after 20 000 iterations).
-* Measuring a and s (Lanczos, tol 1e-3) at n = 100 takes about 0.2 s and 1.5-2.5 s per minimum.
+* Data and model: FashionMNIST, the first n = 100 training images; FNN 784-50-50-10; MSE; SGD runs
+  tol 1e-3 (cap 20 000); GD runs of the edge claims tol 1e-4 (setup ``fnn_gd``, cap 30 000).
+  At tol 1e-3 GD stops while it may still oscillate at the edge: a·η/2 = 1.026 (η = 0.2, seed 1),
+  1.09 (η = 1.0); at tol 1e-4 every GD solution below has a·η/2 ≤ 1.007. n = 200 with width 100
+  showed the same effects at 2-4× the cost. One FNN step costs 1.3-4 ms (overhead-bound); with 2
+  threads on the busy 2-core machine it was 16× slower than with one.
+* Cold cache, all 45 minima of ``small``: 184 CPU s (243 s wall) of training and 95 CPU s of
+  measuring a and s (Lanczos, tol 1e-3: 7-18 products each; about 2 s per minimum, mostly s);
+  under 5 minutes on one core. The C9 restarts add 1.5-4.5 s each (300-500 iterations, a sharpness every 20).
+* Per setting, mean over seeds (iterations, a, s, max a·η/(2(1+μ)), max s/bound with
+  bound = √(B(n−1)/(n−B))/η), CPU s per minimum:
+
+  ============================  ======  ======  ======  =====  =====  ======
+  setting                        iters     a       s     edge   s/b    CPU s
+  ============================  ======  ======  ======  =====  =====  ======
+  fnn_gd η=0.05 GD               13222   22.6    26.8   0.62    –     14-17
+  fnn_gd η=0.1 GD                 7039   19.8    24.0   0.99    –      7-9
+  fnn_gd η=0.2 GD                 3862   10.0    16.0   1.003   –      4
+  fnn_gd η=0.5 GD                 1662    3.98    8.5   0.995   –      2
+  fnn η=0.1 B=2                   3384    6.4    10.2   0.37   0.78    4-5
+  fnn η=0.1 B=5                   3166   11.7    15.9   0.70   0.75    3.5
+  fnn η=0.1 B=20                  3094   17.7    21.6   0.94   0.44    3-5
+  fnn η=0.1 GD                    3101   19.2    23.1   0.99    –      4-6
+  fnn η=0.5 B=10 (C3 partner)      831    3.1     5.7   0.89   0.94    1
+  fnn_gd η=0.2 GD μ=0.5           1814   15.0    20.4   1.007   –      3
+  fnn_gd η=0.2 GD μ=0.8            816   17.9    22.1   0.99    –      2
+  fnn η=0.1 B=5 μ=0.5             1714    8.7    13.0   0.30   0.58    2
+  fnn η=0.1 B=5 μ=0.9              674    1.3     3.1   0.04   0.16    1
+  resfnn_free η=0.1 B=5           2447   14.3    18.4   0.72   0.82    3-4
+  resfnn_free η=0.1 B=10          2393   16.9    20.4   0.90   0.63    3-4
+  resfnn_free η=0.1 GD            2474   20.2    25.1   1.016   –      3-6
+  resfnn_bn η=0.1 B=10 (cap)      3000   15.2    33.8   0.89   1.12    6-8
+  resfnn_bn η=0.1 B=20 (cap)      3000   23.2    52.9   1.28   1.22    7-9
+  resfnn_bn η=0.1 GD               202  246     578    12.5     –      1
+  ============================  ======  ======  ======  =====  =====  ======
+
+  So C5: landscape-limited at η = 0.05 (a·η/2 = 0.5-0.6), edge at 0.1-0.5; C6/C7: a and s fall with
+  B, s/bound up to 0.78; C3: (η, B) = (0.5, 10) is flatter than (0.1, 2) in every seed; C8:
+  r(a, s) = 0.987 over the 33 FNN minima; C14: a·η/(2(1+μ)) ≈ 1 for heavy-ball GD, SGD's a and s
+  fall with μ. C9 (from fnn η = 0.1 GD, a = 19.8, seed 0): GD η′ = 0.2 leaves within 20 iterations
+  (a → 11.2, loss 1e-3 → 9e-3) and reaches a ≈ 10.2 by 260; SGD B′ = 2 leaves within 40
+  (a → 15.4, then 13); GD η′ = 0.05 and SGD B′ = 20 keep a within 3% for 500 iterations.
+* Residual nets (C13): the conv :class:`~stabcheck.models.ResNet` (depth 8, width 1) costs
+  0.12-0.2 s per GD step at n = 100 here, too slow for thousands of steps, so ``small`` uses the
+  fully connected :class:`~stabcheck.models.ResidualFNN` (width 50, one block) on the same data; the
+  conv ResNet runs at ``paper`` scale. With BatchNorm (trained in train mode, measured in eval
+  mode) GD's a is 12× beyond 2/η, the authors' "bounds broken by large factors"; and the train-mode
+  mini-batch loss of SGD stays near 1e-2 (B = 10) or 3e-3 (B = 25-50) while the eval loss is 1e-3
+  or less, so SGD with BatchNorm ends at its cap (status ``max_iters``, 3000 iterations; B = 2 does
+  not fit at all: eval loss 0.08 after 20 000).
+* The paper-scale FNN GD step (n = 1000, 784-500-500-500-10) runs at 5.4 it/s on one core of this
+  CPU (2.0 it/s with 2 threads under load): paper scale needs a GPU.
 
 >>> p = profile("small")
 >>> p.setups["fnn"].n, p.setups["fnn"].model_options
@@ -167,8 +189,8 @@ class Profile:
                 for mu in grid.momenta for seed in grid.seeds]
 
     def equal_ratio_configs(self) -> list[tuple[MinimumConfig, MinimumConfig]]:
-        fnn = self.setups[self.gd_lrs.setup]
-        return [(fnn.config(*first, seed=s), fnn.config(*second, seed=s))
+        setup = self.setups[self.batch.setup]
+        return [(setup.config(*first, seed=s), setup.config(*second, seed=s))
                 for first, second in self.equal_ratio for s in self.equal_ratio_seeds]
 
     def restart_starts(self) -> list[MinimumConfig]:
@@ -189,16 +211,18 @@ class Profile:
 
 def _small() -> Profile:
     fnn = Setup("fnn", "fashion_mnist", 100, "fnn", (("widths", (50, 50)),), tol=1e-3, max_iters=20_000)
+    # GD's edge claims (C5, C14) need the paper's tol: at 1e-3 GD can stop while still oscillating at the edge.
+    fnn_gd = replace(fnn, name="fnn_gd", tol=1e-4, max_iters=30_000)
     res_bn = Setup("resfnn_bn", "fashion_mnist", 100, "resfnn",
                    (("width", 50), ("blocks", 1), ("batch_norm", True)), tol=1e-3, max_iters=3_000)
     res_free = Setup("resfnn_free", "fashion_mnist", 100, "resfnn",
                      (("width", 50), ("blocks", 1), ("batch_norm", False)), tol=1e-3, max_iters=20_000)
     return Profile(
         name="small",
-        setups={s.name: s for s in (fnn, res_bn, res_free)},
+        setups={s.name: s for s in (fnn, fnn_gd, res_bn, res_free)},
         measure_tol=1e-3,
         measure_maxiter=50,
-        gd_lrs=Grid("fnn", lrs=(0.05, 0.1, 0.2, 0.5), batch_sizes=(None,), seeds=(0, 1)),
+        gd_lrs=Grid("fnn_gd", lrs=(0.05, 0.1, 0.2, 0.5), batch_sizes=(None,), seeds=(0, 1)),
         batch=Grid("fnn", lrs=(0.1,), batch_sizes=(2, 5, 20, None), seeds=(0, 1, 2)),
         equal_ratio=(((0.1, 2), (0.5, 10)),),
         equal_ratio_seeds=(0, 1, 2),
@@ -206,7 +230,7 @@ def _small() -> Profile:
                             stable=((0.05, None), (0.1, 20)), escape_iters=300, stable_iters=500, every=20),
         residual=(Grid("resfnn_free", lrs=(0.1,), batch_sizes=(5, 10, None), seeds=(0, 1)),
                   Grid("resfnn_bn", lrs=(0.1,), batch_sizes=(10, 20, None), seeds=(0, 1))),
-        momentum_gd=Grid("fnn", lrs=(0.2,), batch_sizes=(None,), seeds=(0, 1), momenta=(0.0, 0.5, 0.8)),
+        momentum_gd=Grid("fnn_gd", lrs=(0.2,), batch_sizes=(None,), seeds=(0, 1), momenta=(0.0, 0.5, 0.8)),
         momentum_sgd=Grid("fnn", lrs=(0.1,), batch_sizes=(5,), seeds=(0, 1, 2), momenta=(0.0, 0.5, 0.9)),
     )
 
