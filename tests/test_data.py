@@ -140,23 +140,26 @@ def test_cifar_two_classes_keep_original_order(load_data):
     first = torch.from_numpy(exact["train_images"][expected_index[0]]).permute(2, 0, 1).float() / 255
     assert torch.equal(ds.inputs[0], first)
     assert ds.test_labels is not None and set(ds.test_labels.tolist()) == {0, 1}
-    assert any("not the full test set" in note for note in ds.notes)
 
 
-def test_cifar_exact_pixels_only_unless_jpeg_allowed(load_data):
-    _offline_file("cifar10_subset.npz")
+def test_offline_cifar_exact_pixels_only_unless_jpeg_allowed(no_env):
+    folder = _offline_file("cifar10_subset.npz").parent
+    exact = load_cifar10(762, offline_dir=folder)
+    assert exact.source.endswith("cifar10_all_subset.npz") and exact.notes == [
+        "test set: the 192 test images of classes (0, 1) among test images 0..999 (exact pixels; not the full test set)"]
     with pytest.raises(DataRequestError, match="allow_jpeg=True"):
-        load_cifar10(1000, with_test=False, data_dir=None)
-    ds = load_data("cifar10", 1000, allow_jpeg=True, with_test=False)
-    assert ds.inputs.shape == (1000, 3, 32, 32) and ds.notes == ["238 of 1000 training images are JPEG-decoded (allow_jpeg=True)"]
-    assert bool((ds.train_index[1:] > ds.train_index[:-1]).all())
+        load_cifar10(763, with_test=False, offline_dir=folder)
+    ds = load_cifar10(1000, allow_jpeg=True, offline_dir=folder)
+    assert ds.inputs.shape == (1000, 3, 32, 32) and ds.notes[0] == "238 of 1000 training images are JPEG-decoded (allow_jpeg=True)"
+    assert torch.equal(ds.inputs[:762], exact.inputs) and bool((ds.train_index[1:] > ds.train_index[:-1]).all())
+    assert ds.test_inputs.shape == (2000, 3, 32, 32)
 
 
 def test_cifar_all_classes(load_data):
     _offline_file("cifar10_all_subset.npz")
     ds = load_data("cifar10_all", 100)
     assert ds.num_classes == 10 and ds.labels[:10].tolist() == FIRST_CIFAR_LABELS
-    assert ds.train_index.tolist() == list(range(100)) and ds.test_inputs.shape == (1000, 3, 32, 32)
+    assert ds.train_index.tolist() == list(range(100))
 
 
 def test_cifar_torchvision_root_and_class_renumbering(tmp_path, no_env):
