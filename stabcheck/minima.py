@@ -77,6 +77,8 @@ class Minimum:
 
     ``model()`` gives the net in eval mode; ``problem()`` the :class:`~stabcheck.problem.Problem` on
     its training set with the setup's loss, ready for ``stabcheck.sharpness`` / ``non_uniformity``.
+    Check ``status`` first: a ``diverged`` run is cached too (its parameters are not finite, so
+    ``problem()`` refuses it), and ``max_iters`` means the EMA never fell below tol.
     """
 
     config: MinimumConfig
