@@ -13,6 +13,7 @@ from scipy.sparse.linalg import LinearOperator
 from torch import Tensor
 from torch.func import grad, jvp, vmap
 
+from . import factored
 from .bounds import noise_factor
 from .problem import Params, Problem, ProblemError
 
@@ -102,10 +103,13 @@ def _finish_sigma(problem, acc, w_sum, v, hv, centred) -> Params:
 SigmaEngine = Callable[[Problem, Params, bool], Params]
 
 #: Σ-product engines by name. ``auto`` resolves through :func:`resolve_engine`.
-SIGMA_ENGINES: dict[str, SigmaEngine] = {"loop": _sigma_loop, "vmap": _sigma_vmap}
+SIGMA_ENGINES: dict[str, SigmaEngine] = {"loop": _sigma_loop, "vmap": _sigma_vmap, "factored": factored.sigma_factored}
 
 #: Engines tried in order by ``engine="auto"``; each maps a problem to True when it supports it.
-AUTO_ORDER: list[tuple[str, Callable[[Problem], bool]]] = [("vmap", lambda problem: True)]
+AUTO_ORDER: list[tuple[str, Callable[[Problem], bool]]] = [
+    ("factored", factored.supports),  # exact and fastest; plain Sequential nets of known layers only
+    ("vmap", lambda problem: True),
+]
 
 
 def resolve_engine(problem: Problem, engine: str) -> str:
