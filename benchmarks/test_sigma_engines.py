@@ -1,0 +1,61 @@
+"""One Σv product per engine beside one full-batch H v, for the FNN and the VGG at n = 100, 1000, 4000.
+
+The per-sample engines (loop: the paper's Appendix C, 2n per-sample products; vmap) cost n times
+a per-sample product, so they are timed at n ≤ 1000 only, once at n = 1000; the summary gives
+their n = 4000 cost as 4 × the n = 1000 time, labelled as extrapolated. Peak memory of loop and
+vmap is measured at n = 100 (it does not grow with n: both hold one sample's graph or one
+32-sample vmap chunk beside the chunked H v).
+"""
+import pytest
+
+from stabcheck.operators import SIGMA_ENGINES, hvp
+
+from .support import MODELS, RESULTS, SIZES, peak_bytes, problem, tangent
+
+pytestmark = pytest.mark.perf
+
+OPS = ("hv", "factored", "vmap", "loop")
+PER_SAMPLE = ("vmap", "loop")
+
+
+def _cases():
+    for model in MODELS:
+        for n in SIZES:
+            for op in OPS:
+                if op in PER_SAMPLE and n > 1000:
+                    continue
+                yield pytest.param(model, n, op, id=f"{model}-n{n}-{op}")
+
+
+def _rounds(op: str, n: int) -> tuple[int, int]:
+    """(rounds, warm-up rounds): medians of 5 where a product takes about a second or less."""
+    if op in PER_SAMPLE:
+        return (3, 0) if n <= 100 else (1, 0)
+    return (5, 1) if n <= 1000 else (3, 1)
+
+
+@pytest.mark.parametrize("model,n,op", list(_cases()))
+def test_product(benchmark, model, n, op):
+    prob = problem(model, n)
+    v = tangent(prob)
+    if op == "hv":
+        def product():
+            return hvp(prob, v)
+    else:
+        engine = SIGMA_ENGINES[op]
+
+        def product():
+            return engine(prob, v, True)
+
+    if op == "factored":
+        from stabcheck.factored import unsupported_reason
+
+        assert unsupported_reason(prob) is None  # also runs the one-off probe outside the timing
+    rounds, warmup = _rounds(op, n)
+    benchmark.group = f"{model}-n{n}"
+    benchmark.pedantic(product, rounds=rounds, iterations=1, warmup_rounds=warmup)
+    peak = peak_bytes(product) if op not in PER_SAMPLE or n <= 100 else None
+    row = {"model": model, "n": n, "op": op, "median_s": benchmark.stats.stats.median, "rounds": rounds,
+           "peak_bytes": peak, "params": prob.dim}
+    benchmark.extra_info.update(row)
+    RESULTS["products"].append(row)
