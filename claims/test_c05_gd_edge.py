@@ -24,6 +24,8 @@ import pytest
 from claims.trained import (Grids, case_id, grids, measured_minimum, require_minimum,  # noqa: F401 (fixtures)
                             sharpest_found)
 
+pytestmark = pytest.mark.slow  # trains nets on a cold cache (minutes on the CI CPU)
+
 SINGLE_CEILING = 1.05   # one GD solution: a·η/2 at most this (edge-of-stability oscillation at the stop)
 MEAN_CEILING = 1.02     # mean over seeds at one η: the paper's ceiling
 EDGE_FLOOR = 0.85       # edge regime: a·η/2 at least this
@@ -112,8 +114,7 @@ def test_edge_regime_spans_a_wide_range(claim, grids, measured_minimum, gd_setup
     lrs = sorted({c.lr for c in configs})
     edge_lrs = [lr for lr in lrs if regime(grids, measured_minimum, lr, gd_setup)[0]]
     span = max(edge_lrs) / min(edge_lrs) if edge_lrs else 0.0
-    claim.record(measured={"edge-regime lrs": edge_lrs, "span": span,
-                           "a eta/2 per solution": {case_id(m.config): m.edge_ratio for m in minima}},
+    claim.record(measured={"edge-regime lrs": edge_lrs, "span": span},
                  expected={"lrs": lrs, "span at least": MIN_EDGE_SPAN},
                  minima=[m.point() for m in minima], grids=grids.describe())
     assert span >= MIN_EDGE_SPAN, f"{gd_setup}: edge regime only at η = {edge_lrs} (span {span:.3g} < {MIN_EDGE_SPAN})"

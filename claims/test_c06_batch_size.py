@@ -8,15 +8,17 @@ samples. B₁'s s-bound *binds* when the minima SGD(η, B₂) selects lie outsid
 exceeds √(B₁(n−1)/(n−B₁))/η), so SGD(η, B₁) cannot settle there: then the mean a and the mean s
 must be smaller at B₁, each by a one-sided Welch t-test (scipy) at level 0.05. Where the bound does
 not bind, the paper finds a and s nearly unchanged, so the test asks only that the means do not
-grow: mean at B₁ ≤ 1.05 × mean at B₂, 5% being about twice the standard error of a 3-seed mean of a
-(seed-to-seed spread of a ≈ 5-8% at η = 0.1, measured at small scale).
+grow: mean at B₁ ≤ 1.05 × mean at B₂, 5% being 1.5-2 standard errors of a 3-seed mean of a (the
+seed-to-seed spread of a is 5-7% at η = 0.1, B = 20 and GD, measured at small scale).
 """
 import statistics
 
 import pytest
 from scipy import stats
 
-from claims.trained import Grids, case_id, grids, measured_minimum, require_minimum  # noqa: F401 (fixtures)
+from claims.trained import Grids, grids, measured_minimum, require_minimum  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.slow  # trains nets on a cold cache (minutes on the CI CPU)
 
 ALPHA = 0.05        # one-sided test level where the bound binds
 NO_GROWTH = 1.05    # where it does not bind: mean at B₁ at most this × mean at B₂

@@ -12,6 +12,8 @@ import pytest
 
 from claims.trained import Grids, case_id, grids, measured_minimum, require_minimum  # noqa: F401 (fixtures)
 
+pytestmark = pytest.mark.slow  # trains nets on a cold cache (minutes on the CI CPU)
+
 OVER = 1.1    # s at most this × bound
 TIGHT = 0.5   # smallest B: s/bound at least this
 

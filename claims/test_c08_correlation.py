@@ -13,6 +13,8 @@ from scipy import stats
 
 from claims.trained import Grids, grids, measured_minimum, require_minimum  # noqa: F401 (fixtures)
 
+pytestmark = pytest.mark.slow  # trains nets on a cold cache (minutes on the CI CPU)
+
 MIN_R = {"small": 0.9, "paper": 0.95}
 
 

@@ -28,6 +28,8 @@ from scipy import stats
 
 from claims.trained import Grids, case_id, grids, measured_minimum, require_minimum  # noqa: F401 (fixtures)
 
+pytestmark = pytest.mark.slow  # trains nets on a cold cache (minutes on the CI CPU)
+
 MIN_R = {"small": 0.9, "paper": 0.95}
 ALPHA = 0.05
 EDGE_CEILING = 1.05     # BatchNorm-free: a·η/2 at most this (C5)

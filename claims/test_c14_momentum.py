@@ -21,6 +21,8 @@ from scipy import stats
 from claims.trained import (Grids, case_id, grids, measured_minimum, require_minimum,  # noqa: F401 (fixtures)
                             sharpest_found)
 
+pytestmark = pytest.mark.slow  # trains nets on a cold cache (minutes on the CI CPU)
+
 SINGLE_CEILING = 1.05
 MEAN_CEILING = 1.02
 EDGE_FLOOR = 0.85

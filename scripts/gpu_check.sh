@@ -69,7 +69,8 @@ EOF
 modules=(claims/test_c09_escape.py claims/test_c05_gd_edge.py claims/test_c06_batch_size.py
          claims/test_c07_nonuniformity_bound.py claims/test_c08_correlation.py claims/test_c14_momentum.py)
 args=(-m pytest "${modules[@]}" --scale paper --device "$device" --cache-dir "$STABCHECK_CACHE_DIR"
-      --report-dir "$out/report" -p no:cacheprovider -k "not vgg and not resnet" -rA "$@")
+      --report-dir "$out/report" -p no:cacheprovider -k "not vgg and not resnet" -rA "$@"
+      --benchmark-disable)  # an interrupted benchmark breaks the report's statistics; rows keep their own timings
 if [ $dry_run = 1 ]; then
   echo "[gpu_check] dry run: $python ${args[*]} --collect-only -q"
   set -o pipefail
