@@ -54,8 +54,6 @@ PIECEWISE_LINEAR = (nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.Hardtanh)
 _RESHAPES = (nn.Flatten, nn.Unflatten, nn.Identity)
 _LINEAR_MAPS = (nn.AvgPool2d, nn.AdaptiveAvgPool2d)
 
-# Samples per batched pass: pass 1 keeps its per-sample records until pass 2 has used them.
-CHUNK = 1024
 
 
 class UnsupportedModel(ProblemError):
