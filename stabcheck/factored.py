@@ -55,7 +55,6 @@ _RESHAPES = (nn.Flatten, nn.Unflatten, nn.Identity)
 _LINEAR_MAPS = (nn.AvgPool2d, nn.AdaptiveAvgPool2d)
 
 
-
 class UnsupportedModel(ProblemError):
     """The factored engine has no exact rule for this model (the message names the module)."""
 
