@@ -38,6 +38,11 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+    if hasattr(config, "workerinput"):
+        import torch
+
+        # xdist runs one worker per core: more threads per worker only oversubscribe the CPU
+        torch.set_num_threads(1)
     if config.getoption("--device").startswith("cuda"):
         import torch
 
@@ -53,9 +58,10 @@ def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU: run with --device cuda on a GPU machine (scripts/gpu_check.sh)")
     skip_paper = pytest.mark.skip(reason="paper-scale case: run with --scale paper (on a GPU)")
     for item in items:
-        if "gpu" in item.keywords and not has_gpu:
+        # markers, not keywords: a parametrize id such as "paper" is a keyword too
+        if item.get_closest_marker("gpu") and not has_gpu:
             item.add_marker(skip_gpu)
-        if "paper" in item.keywords and not paper:
+        if item.get_closest_marker("paper") and not paper:
             item.add_marker(skip_paper)
 
 

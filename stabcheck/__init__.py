@@ -11,6 +11,7 @@ Stability Perspective", NeurIPS 2018.
 >>> stabcheck.theorem1(prob, lr=0.1, batch_size=2).stable in (True, False)
 True
 """
+from . import exact, toys
 from .bounds import noise_factor, nonuniformity_bound, sharpness_bound
 from .criteria import Theorem1Result, non_uniformity, sharpness, theorem1
 from .eigen import EigenResult, lanczos, power_iteration
@@ -20,6 +21,7 @@ from .problem import Problem, ProblemError
 __version__ = "0.1.0"
 
 __all__ = [
+    "exact", "toys",
     "EigenResult", "HessianOperator", "Problem", "ProblemError", "SIGMA_ENGINES", "SigmaOperator",
     "Theorem1Operator", "Theorem1Result", "hvp", "lanczos", "noise_factor", "non_uniformity",
     "nonuniformity_bound", "power_iteration", "sharpness", "sharpness_bound", "theorem1",
