@@ -33,7 +33,8 @@ import pytest
 import torch
 
 import stabcheck
-from claims.trained import Grids, case_id, cpu_threads, grids, measured_minimum, require_minimum  # noqa: F401
+from claims.trained import (Grids, case_id, cpu_threads, grids, measured_minimum, require_minimum,  # noqa: F401
+                            theorem1_floor, verdict)
 from stabcheck.train import full_loss, train
 
 pytestmark = pytest.mark.slow  # trains nets on a cold cache (minutes on the CI CPU)
@@ -146,8 +147,9 @@ def test_restart_leaves_unstable_and_keeps_stable_minima(claim, grids, measured_
     t_peak = int(np.argmax(window))
     rise = window[t_peak] / traj.loss[0]
     drift = max(abs(a / a0 - 1) for a in traj.sharpness)
+    floor = theorem1_floor(lr, a0)
     measured = {"a at restart": a0, "s at restart": s0, "theorem1 at (lr', B')": t1.value,
-                "theorem1 verdict": "stable" if t1.stable else "maybe unstable", "outside new box": outside,
+                "theorem1 floor (1-eta' a)^2": floor, "theorem1 verdict": verdict(t1, floor), "outside new box": outside,
                 "final a": traj.sharpness[-1]}
     expected = {"2/eta'": a_side, "s bound'": s_side, "prediction": prediction, "iterations": iters}
     slope = math.nan
@@ -168,7 +170,7 @@ def test_restart_leaves_unstable_and_keeps_stable_minima(claim, grids, measured_
     if prediction == "unstable":
         assert outside, (f"the plan expects η′={lr:g}, B′={batch_size} to be unstable, but at the restart point "
                          f"a = {a0:.4g} ≤ 2/η′ = {a_side:.4g} and s = {s0:.4g} ≤ s bound {s_side:.4g}")
-        assert not t1.stable, f"outside the box but Theorem 1 = {t1.value:.4g} ≤ 1"
+        assert verdict(t1, floor) != "stable", f"outside the box but Theorem 1 = {t1.value:.4g} ≤ 1"
         assert t_leave is not None, (f"did not leave within {iters} iterations: a went {a0:.4g} → "
                                      f"min {min(traj.sharpness):.4g}, never below {threshold:.4g}")
         assert rise >= LOSS_RISE, (f"the loss rose only {rise:.3g}× (to {window[t_peak]:.3g} from "
