@@ -47,6 +47,7 @@ class Theorem1Result:
     p: float
     stable_tol: float
     eigen: EigenResult
+    floor: float  # Rayleigh quotient of T along H's top eigenvector: a lower bound on the value
 
     def as_dict(self) -> dict:
         d = asdict(self)
@@ -60,14 +61,19 @@ def theorem1(problem: Problem, lr: float, batch_size: int, method: str = "lanczo
 
     Lanczos runs on T − I (exactly 0 on the null space of H and Σ); power iteration runs on the PSD
     matrix T itself.  ``stable_tol`` absorbs the solver's tolerance in the comparison with 1.
+    The value is the larger of the solver's and ``floor`` = vᵀTv at H's top eigenvector v: next to
+    large negative eigenvalues of T − I the solver can miss a small excess over 1 (GD just past 2/η).
     """
     lr = check_lr(lr)
     check_batch(problem.n, batch_size)
     op = Theorem1Operator(problem, lr, batch_size, engine, excess=(method == "lanczos"))
     res = _solve(op, method, tol, maxiter, seed)
-    value = res.eigenvalue + (1.0 if op.excess else 0.0)
+    top = sharpness(problem, tol=tol, maxiter=maxiter, seed=seed).vector
+    excess = Theorem1Operator(problem, lr, batch_size, engine, excess=True).matvec(top)
+    floor = 1.0 + float(top @ excess)
+    value = max(res.eigenvalue + (1.0 if op.excess else 0.0), floor)
     res.value = value
     res.quantity = "theorem1"
     res.engine = op.engine
     return Theorem1Result(value=value, stable=value <= 1.0 + stable_tol, lr=lr, batch_size=batch_size,
-                          n=problem.n, p=op.p, stable_tol=stable_tol, eigen=res)
+                          n=problem.n, p=op.p, stable_tol=stable_tol, eigen=res, floor=floor)

@@ -94,6 +94,7 @@ def test_theorem1_matrix_and_value(case, lr, batch):
     expected = torch.linalg.eigvalsh(t)[-1].item()
     result = stabcheck.theorem1(problem, lr, batch, tol=1e-9, maxiter=problem.dim)
     assert result.value == pytest.approx(expected, rel=RTOL, abs=1e-9)
+    assert result.floor <= expected + 1e-9, "the floor must be a lower bound (a Rayleigh quotient)"
     assert result.stable == (expected <= 1 + result.stable_tol)
 
 
