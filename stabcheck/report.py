@@ -38,8 +38,8 @@ def _claim_order(claim: str) -> tuple[int, str]:
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
-    if isinstance(v, list) and len(v) > 6:
-        return f"[{len(v)} values]"
+    if isinstance(v, list):
+        return f"[{len(v)} values]" if len(v) > 6 else "[" + ", ".join(_fmt(x) for x in v) + "]"
     return str(v)
 
 
