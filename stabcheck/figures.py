@@ -93,10 +93,91 @@ def appendix_b(rows, plt):
     return fig
 
 
+def _all_minima(rows) -> list[dict]:
+    """Every trained minimum the run measured (rows keep them as ``minimum`` or ``minima``), once each."""
+    seen: dict[str, dict] = {}
+    for r in rows:
+        for m in ([r["minimum"]] if "minimum" in r else []) + r.get("minima", []):
+            seen.setdefault(m["label"], m)
+    return list(seen.values())
+
+
+def diagram(rows, plt):
+    """C3/C6/C7: the sharpness–non-uniformity plane, each (η, B) box and the minima SGD found in it."""
+    minima = [m for m in _all_minima(rows) if not m.get("mu") and "resfnn" not in m["setup"] and "resnet" not in m["setup"]]
+    if not minima:
+        return None
+    settings = sorted({(m["lr"], m["B"], m["n"]) for m in minima}, key=lambda t: (t[0], t[1]))
+    fig, ax = plt.subplots(figsize=(7.5, 6))
+    a_max = max(m["a"] for m in minima)
+    s_max = max(m["s"] for m in minima)
+    for i, (lr, b, n) in enumerate(settings):
+        colour = f"C{i % 10}"
+        pts = [m for m in minima if (m["lr"], m["B"], m["n"]) == (lr, b, n)]
+        label = f"η = {lr:g}, " + ("GD" if b >= n else f"B = {b}")
+        ax.scatter([m["a"] for m in pts], [m["s"] for m in pts], color=colour, s=25, label=label, zorder=3)
+        a_side = 2 / lr
+        s_side = math.inf if b >= n else math.sqrt(b * (n - 1) / (n - b)) / lr
+        if a_side <= 1.5 * a_max:
+            ax.plot([a_side, a_side], [0, min(s_side, 1.5 * s_max)], color=colour, ls="--", lw=1)
+        if s_side <= 1.5 * s_max:
+            ax.plot([0, min(a_side, 1.5 * a_max)], [s_side, s_side], color=colour, ls="--", lw=1)
+    ax.set(xlim=(0, 1.3 * a_max), ylim=(0, 1.3 * s_max), xlabel="sharpness a = λmax(H)",
+           ylabel="non-uniformity s = λmax(Σ)^½",
+           title="Minima found by GD/SGD and their stability boxes (dashed: 2/η and √(B(n−1)/(n−B))/η)")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=8, loc="upper left")
+    return fig
+
+
+def gd_edge(rows, plt):
+    """C5/C14: GD's sharpness against its learning rate, beside the edge 2/η."""
+    minima = [m for m in _all_minima(rows) if m["B"] >= m["n"] and "resfnn" not in m["setup"]
+              and "resnet" not in m["setup"]]
+    if not minima:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    lrs = np.geomspace(min(m["lr"] for m in minima) / 1.5, max(m["lr"] for m in minima) * 1.5, 100)
+    for i, mu in enumerate(sorted({m.get("mu", 0.0) for m in minima})):
+        pts = [m for m in minima if m.get("mu", 0.0) == mu]
+        label = "GD" if not mu else f"heavy-ball GD, μ = {mu:g}"
+        ax.scatter([m["lr"] for m in pts], [m["a"] for m in pts], s=25, color=f"C{i}", label=label, zorder=3)
+        if mu:
+            ax.plot(lrs, 2 * (1 + mu) / lrs, color=f"C{i}", ls=":", lw=1, label=f"2(1 + {mu:g})/η")
+    ax.plot(lrs, 2 / lrs, "k--", label="2/η (GD's edge)")
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())
+    ax.set(xscale="log", yscale="log", xlabel="learning rate η", ylabel="sharpness a of the solution",
+           title="C5: GD solutions sit just below 2/η unless the landscape has no sharper minimum")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def escape(rows, plt):
+    """C9: sharpness and training loss after a restart from a GD minimum with new (η′, B′)."""
+    found = [r for r in _rows(rows, "C9") if "trajectory" in r]
+    if not found:
+        return None
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
+    for i, r in enumerate(found):
+        t = r["trajectory"]
+        ax1.plot(t["iter"], t["sharpness"], color=f"C{i}", label=r["case"])
+        ax2.plot(t["loss every iteration"], color=f"C{i}", lw=1, label=r["case"])
+    ax1.set(xlabel="iteration after the restart", ylabel="sharpness a", title="C9: sharpness along the restarted run")
+    ax2.set(xlabel="iteration after the restart", ylabel="training loss", yscale="log",
+            title="training loss: a transient rise when the minimum is unstable")
+    ax1.legend(fontsize=7)
+    ax2.legend(fontsize=7)
+    return fig
+
+
 #: File name → drawing function (rows, pyplot) → figure or None when the run lacks its rows.
 FIGURES: dict[str, Callable] = {
     "one_dimensional.png": one_dimensional,
     "appendix_b.png": appendix_b,
+    "diagram.png": diagram,
+    "gd_edge.png": gd_edge,
+    "escape.png": escape,
 }
 
 
