@@ -145,9 +145,9 @@ def gd_edge(rows, plt):
         if mu:
             ax.plot(lrs, 2 * (1 + mu) / lrs, color=f"C{i}", ls=":", lw=1, label=f"2(1 + {mu:g})/η")
     ax.plot(lrs, 2 / lrs, "k--", label="2/η (GD's edge)")
-    ax.xaxis.set_minor_formatter(plt.NullFormatter())
     ax.set(xscale="log", yscale="log", xlabel="learning rate η", ylabel="sharpness a of the solution",
            title="C5: GD solutions sit just below 2/η unless the landscape has no sharper minimum")
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())  # log-axis minor labels overlap
     ax.title.set_fontsize(9)
     ax.legend(fontsize=8)
     return fig
