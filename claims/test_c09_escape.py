@@ -19,10 +19,9 @@ training loss and ‖x_t − x*‖ every iteration.
   and GD's |1 − η′a|).
 * Predicted stable: the sharpness stays within ±10% of its start for ``stable_iters`` iterations.
 
-Small scale: the plan's SGD restart B′ = 2 breaks the s side by only 1.6×; it leaves (a 19.8 → 12-14
-within 100 iterations) but does not halve a within 600. B′ = 1 breaks it by 2.3×, the factor of the
-paper plan's B′ = 4 at n = 1000, and halves a within 60-80 iterations (measured, seeds 1 and 2), so
-the small-scale test restarts SGD with B′ = 1.
+Small scale restarts SGD with B′ = 1 (the profile's plan): B′ = 2 breaks the s side by only 1.6× and
+leaves (a 19.8 → 12-14 within 100 iterations) without halving a within 600; B′ = 1 breaks it by 2.3×,
+the factor of the paper plan's B′ = 4 at n = 1000, and halves a within 60-80 iterations (measured).
 """
 import math
 import time
@@ -43,15 +42,13 @@ LEAVE_FRACTION = 0.5   # leaving: a below half its start ...
 EDGE_MARGIN = 1.05     # ... or, when a > 2/η′, below 1.05·2/η′
 LOSS_RISE = 10.0       # the loss first rises at least this factor above its restart value
 KEEP = 0.10            # stable: a within ±10% of its start
-SMALL_SGD_ESCAPE = {(0.1, 2): (0.1, 1)}   # small-scale replacement of the plan's SGD restart (see above)
 
 
 def restart_cases(g: Grids) -> dict[str, tuple]:
     plan = g.profile.restart
-    unstable = [SMALL_SGD_ESCAPE.get(s, s) if g.profile.name == "small" else s for s in plan.unstable]
     cases = {}
     for start in g.restart_starts():
-        for prediction, settings in (("unstable", unstable), ("stable", plan.stable)):
+        for prediction, settings in (("unstable", plan.unstable), ("stable", plan.stable)):
             for lr, batch in settings:
                 b = "n" if batch is None else batch
                 cases[f"{case_id(start)}-to-lr={lr:g}-B={b}-{prediction}"] = (start, lr, batch, prediction)

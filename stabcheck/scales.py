@@ -59,6 +59,7 @@ about the wall time on an idle core):
   fall with μ. C9 (from fnn η = 0.1 GD, a = 19.8, seed 0): GD η′ = 0.2 leaves within 20 iterations
   (a → 11.2, loss 1e-3 → 9e-3) and reaches a ≈ 10.2 by 260; SGD B′ = 2 leaves within 40
   (a → 15.4, then 13); GD η′ = 0.05 and SGD B′ = 20 keep a within 3% for 500 iterations.
+  The plan restarts SGD with B′ = 1: B′ = 2 does not halve a within 600 iterations (C9 needs it).
 * Residual nets (C13): the conv :class:`~stabcheck.models.ResNet` (depth 8, width 1) costs
   0.12-0.2 s per GD step at n = 100 here, too slow for thousands of steps, so ``small`` uses the
   fully connected :class:`~stabcheck.models.ResidualFNN` (width 50, one block) on the same data; the
@@ -226,7 +227,7 @@ def _small() -> Profile:
         batch=Grid("fnn", lrs=(0.1,), batch_sizes=(2, 5, 20, None), seeds=(0, 1, 2)),
         equal_ratio=(((0.1, 2), (0.5, 10)),),
         equal_ratio_seeds=(0, 1, 2),
-        restart=RestartPlan("fnn", start=(0.1, None), seeds=(0,), unstable=((0.2, None), (0.1, 2)),
+        restart=RestartPlan("fnn", start=(0.1, None), seeds=(0,), unstable=((0.2, None), (0.1, 1)),
                             stable=((0.05, None), (0.1, 20)), escape_iters=300, stable_iters=500, every=20),
         residual=(Grid("resfnn_free", lrs=(0.1,), batch_sizes=(5, 10, None), seeds=(0, 1)),
                   Grid("resfnn_bn", lrs=(0.1,), batch_sizes=(10, 20, None), seeds=(0, 1))),
