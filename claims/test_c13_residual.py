@@ -21,12 +21,12 @@ is about 1e-3 (``stabcheck.scales``), so those runs end at their iteration cap. 
 when the eval-mode training loss — the function whose Hessian is measured — is at most 5·tol, 20×
 below its value at initialisation (≈ 0.1); the status is recorded.
 """
-import statistics
 
 import pytest
 from scipy import stats
 
-from claims.trained import Grids, case_id, grids, measured_minimum, require_minimum  # noqa: F401 (fixtures)
+from claims.trained import (Grids, case_id, grids, measured_minimum, monotone_trend,  # noqa: F401 (fixtures)
+                            require_minimum)
 
 pytestmark = pytest.mark.slow  # trains nets on a cold cache (minutes on the CI CPU)
 
@@ -76,17 +76,7 @@ def test_residual_batch_size_trend(claim, grids, measured_minimum, variant_confi
     """Mean a and mean s fall with each smaller B; Kendall τ(B, ·) > 0 at one-sided level 0.05."""
     minima = claim.measure(lambda: [measured_minimum(c) for c in variant_configs])
     sizes = sorted({m.config.batch_size for m in minima})
-    measured, failures = {}, []
-    for q in ("a", "s"):
-        values = [m.a.value if q == "a" else m.s.value for m in minima]
-        means = [statistics.fmean(v for m, v in zip(minima, values) if m.config.batch_size == b) for b in sizes]
-        tau = stats.kendalltau([m.config.batch_size for m in minima], values, alternative="greater")
-        measured |= {f"mean {q} per B": means, f"kendall tau (B, {q})": float(tau.statistic),
-                     f"p ({q} grows with B)": float(tau.pvalue)}
-        if not all(x < y for x, y in zip(means, means[1:])):
-            failures.append(f"mean {q} does not fall with B: B = {sizes} → {[round(x, 4) for x in means]}")
-        if not tau.pvalue < ALPHA:
-            failures.append(f"{q}: Kendall τ = {tau.statistic:.3f}, one-sided p = {tau.pvalue:.3g} ≥ {ALPHA}")
+    measured, failures = monotone_trend(minima, "batch_size", rising=True, alpha=ALPHA)
     claim.record(measured=measured, expected={"B": sizes, "p below": ALPHA},
                  minima=[m.point() for m in minima], grids=grids.describe())
     for m in minima:

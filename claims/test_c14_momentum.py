@@ -16,9 +16,8 @@ Theorem 1 in the rows is plain SGD's (μ = 0) at the same (η, B), for reference
 import statistics
 
 import pytest
-from scipy import stats
 
-from claims.trained import (Grids, case_id, grids, measured_minimum, require_minimum,  # noqa: F401 (fixtures)
+from claims.trained import (Grids, case_id, grids, measured_minimum, monotone_trend, require_minimum,  # noqa: F401 (fixtures)
                             sharpest_found)
 
 pytestmark = pytest.mark.slow  # trains nets on a cold cache (minutes on the CI CPU)
@@ -106,17 +105,7 @@ def test_sgd_sharpness_and_nonuniformity_fall_with_momentum(claim, grids, measur
     """Mean a and mean s fall with each larger μ; Kendall τ(μ, ·) < 0 at one-sided level 0.05."""
     minima = claim.measure(lambda: [measured_minimum(c) for c in sgd_momentum_configs])
     momenta = sorted({m.config.momentum for m in minima})
-    measured, failures = {}, []
-    for q in ("a", "s"):
-        values = [m.a.value if q == "a" else m.s.value for m in minima]
-        means = [statistics.fmean(v for m, v in zip(minima, values) if m.config.momentum == mu) for mu in momenta]
-        tau = stats.kendalltau([m.config.momentum for m in minima], values, alternative="less")
-        measured |= {f"mean {q} per mu": means, f"kendall tau (mu, {q})": float(tau.statistic),
-                     f"p ({q} falls with mu)": float(tau.pvalue)}
-        if not all(x > y for x, y in zip(means, means[1:])):
-            failures.append(f"mean {q} does not fall with μ: μ = {momenta} → {[round(x, 4) for x in means]}")
-        if not tau.pvalue < ALPHA:
-            failures.append(f"{q}: Kendall τ = {tau.statistic:.3f}, one-sided p = {tau.pvalue:.3g} ≥ {ALPHA}")
+    measured, failures = monotone_trend(minima, "momentum", rising=False, alpha=ALPHA)
     lr = sgd_momentum_configs[0].lr
     claim.record(measured=measured, expected={"mu": momenta, "p below": ALPHA,
                                               "2(1+mu)/eta per mu": [2 * (1 + mu) / lr for mu in momenta]},
