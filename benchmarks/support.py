@@ -15,8 +15,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from stabcheck import Problem
-from stabcheck.data import load_fashion_mnist, one_hot
-from stabcheck.models import FNN, VGG
+from stabcheck.experiments.data import load_fashion_mnist, one_hot
+from stabcheck.experiments.models import FNN, VGG
 
 THREADS = int(os.environ.get("STABCHECK_BENCH_THREADS", "1"))
 SIZES = (100, 1000, 4000)

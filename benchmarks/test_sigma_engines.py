@@ -8,7 +8,8 @@ vmap is measured at n = 100 (it does not grow with n: both hold one sample's gra
 """
 import pytest
 
-from stabcheck.operators import SIGMA_ENGINES, hvp
+from stabcheck.curvature.engines import SIGMA_ENGINES
+from stabcheck.curvature.products import hvp
 
 from .support import MODELS, RESULTS, SIZES, peak_bytes, problem, tangent
 
@@ -48,7 +49,7 @@ def test_product(benchmark, model, n, op):
             return engine(prob, v, True)
 
     if op == "factored":
-        from stabcheck.factored import unsupported_reason
+        from stabcheck.curvature.engines.factored import unsupported_reason
 
         assert unsupported_reason(prob) is None  # also runs the one-off probe outside the timing
     rounds, warmup = _rounds(op, n)

@@ -1,7 +1,7 @@
 """Products the eigensolvers spend on a trained FNN: sharpness a and non-uniformity s to 1e-4.
 
 The net is the project's small-profile GD minimum (FashionMNIST n = 100, FNN 784-50-50-10, MSE,
-η = 0.1, trained to EMA loss < 1e-4 by :mod:`stabcheck.train`, cached under ``--cache-dir``).
+η = 0.1, trained to EMA loss < 1e-4 by :mod:`stabcheck.experiments.train`, cached under ``--cache-dir``).
 Lanczos (the default) stops on a relative residual ≤ 1e-4 that it certifies with an explicit
 product; power iteration stops on a relative change ≤ 1e-4 (the paper's rule). Both are compared
 with a float64 Lanczos reference at tol 1e-10; "products to 1e-4" is the first product after which
@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import stabcheck
-from stabcheck.minima import MinimaCache
-from stabcheck.scales import profile
+from stabcheck.experiments.minima import MinimaCache
+from stabcheck.experiments.setups import profile
 
 from .support import RESULTS
 

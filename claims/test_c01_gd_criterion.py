@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import stabcheck
-from stabcheck.toys import QuadraticToy, run_sgd
+from stabcheck.experiments.toys import QuadraticToy, run_sgd
 
 PROBLEMS = {  # name: (constructor, n, d)
     "psd-n=8-d=12": (lambda seed: QuadraticToy.random_psd(8, 12, 2, seed), 8, 12),

@@ -4,7 +4,7 @@
 replacement (1/B with replacement). (ii) In d = 1 the second moment obeys m_{t+1} = [(1 − ηa)² + η²ps²] m_t
 exactly, so the sign of that bracket minus 1 decides stability. (iii) In d > 1 Theorem 1,
 λmax{(I − ηH)² + η²pΣ} ≤ 1, is sufficient only: the exact mean-square criterion — the spectral radius
-ρ of S ↦ E[(I − ηH_ξ)S(I − ηH_ξ)] (stabcheck.exact) — never exceeds Theorem 1's value, second moments
+ρ of S ↦ E[(I − ηH_ξ)S(I − ηH_ξ)] (stabcheck.curvature.exact) — never exceeds Theorem 1's value, second moments
 stay bounded whenever that value is ≤ 1, and there are minima Theorem 1 calls unstable that are stable.
 """
 import math
@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import stabcheck
-from stabcheck import exact
-from stabcheck.toys import QuadraticToy, run_sgd
+from stabcheck.curvature import exact
+from stabcheck.experiments.toys import QuadraticToy, run_sgd
 
 Z = 3.29  # two-sided 99.9% normal quantile for Monte Carlo confidence intervals
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import stabcheck
-from stabcheck.toys import QuadraticToy
+from stabcheck.experiments.toys import QuadraticToy
 
 N = 1000
 

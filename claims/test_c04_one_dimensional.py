@@ -10,7 +10,7 @@ import math
 import pytest
 
 import stabcheck
-from stabcheck.toys import OneDimensionalExample, exit_steps, run_sgd
+from stabcheck.experiments.toys import OneDimensionalExample, exit_steps, run_sgd
 
 LR = 0.7
 STEPS = 500

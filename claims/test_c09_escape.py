@@ -8,7 +8,7 @@ and settles at a flatter minimum; if x* satisfies them, nothing happens.
 The prediction uses a and s measured at the restart point (the start minimum), with the Theorem-1
 value at (η′, B′) beside them: outside the box it must exceed 1 (both of its terms are PSD);
 inside, Theorem 1 may still exceed 1, being sufficient only. Each restart runs the restart plan
-of the scale (``stabcheck.scales``), measuring the sharpness every ``every`` iterations and the full
+of the scale (``stabcheck.experiments.setups``), measuring the sharpness every ``every`` iterations and the full
 training loss and ‖x_t − x*‖ every iteration.
 
 * Predicted unstable, within the plan's ``escape_iters`` iterations: the sharpness falls below
@@ -34,7 +34,7 @@ import torch
 import stabcheck
 from claims.trained import (Grids, case_id, cpu_threads, grids, measured_minimum, require_minimum,  # noqa: F401
                             theorem1_floor, verdict)
-from stabcheck.train import full_loss, train
+from stabcheck.experiments.train import full_loss, train
 
 pytestmark = pytest.mark.slow  # trains nets on a cold cache (minutes on the CI CPU)
 

@@ -14,8 +14,8 @@ import torch
 from scipy.stats import binomtest
 
 import stabcheck
-from stabcheck.exact import mean_square_threshold, sample_hessians, theorem1_threshold
-from stabcheck.toys import AppendixBToy, run_sgd
+from stabcheck.curvature.exact import mean_square_threshold, sample_hessians, theorem1_threshold
+from stabcheck.experiments.toys import AppendixBToy, run_sgd
 
 LR = 0.5
 STEPS = 500

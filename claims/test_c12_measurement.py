@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import stabcheck
-from stabcheck.exact import sample_hessians
-from stabcheck.toys import AppendixBToy, OneDimensionalExample, QuadraticToy
+from stabcheck.curvature.exact import sample_hessians
+from stabcheck.experiments.toys import AppendixBToy, OneDimensionalExample, QuadraticToy
 
 TOL = 1e-3        # the paper's relative tolerance (PAPER.md §3)
 MAXITER = 50      # the paper's iteration cap

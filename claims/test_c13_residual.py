@@ -5,7 +5,7 @@ BatchNorm, and their data break both stability bounds by large factors: the Hess
 eval mode, a different function from the one trained. So the bounds are asserted only for the
 BatchNorm-free variant; for BatchNorm they are measured and recorded as the known exception.
 
-Variants (the ``residual`` grids of ``stabcheck.scales``): BatchNorm-free and BatchNorm. Small scale:
+Variants (the ``residual`` grids of ``stabcheck.experiments.setups``): BatchNorm-free and BatchNorm. Small scale:
 the fully connected ResidualFNN on FashionMNIST (the conv ResNet is too slow on the CI CPU); paper
 scale: the ResNet-14 on CIFAR-10.
 
@@ -17,7 +17,7 @@ scale: the ResNet-14 on CIFAR-10.
   s ≤ 1.1 × bound (C7's margin). BatchNorm: the factor by which each bound is broken is recorded.
 
 Minima: with BatchNorm, SGD's train-mode mini-batch loss stays near 1e-2 while its eval-mode loss
-is about 1e-3 (``stabcheck.scales``), so those runs end at their iteration cap. They count as minima
+is about 1e-3 (``stabcheck.experiments.setups``), so those runs end at their iteration cap. They count as minima
 when the eval-mode training loss — the function whose Hessian is measured — is at most 5·tol, 20×
 below its value at initialisation (≈ 0.1); the status is recorded.
 """

@@ -1,6 +1,6 @@
 """What the trained-net claims (C5–C9, C13, C14) share.
 
-* :class:`Grids`: the current scale's grids (:mod:`stabcheck.scales`) as configs, seeds offset by
+* :class:`Grids`: the current scale's grids (:mod:`stabcheck.experiments.setups`) as configs, seeds offset by
   ``--seed``, turned into pytest parameters with readable ids (``fnn-lr=0.1-B=5-seed=0``). At
   ``--scale paper`` every case carries the ``gpu`` mark: training the paper's nets on a CPU takes hours.
   ``STABCHECK_SEEDS_PER_SETTING=k`` keeps the first k seeds of every grid (a GPU time budget, used by
@@ -22,9 +22,9 @@ import torch
 from scipy import stats
 
 import stabcheck
-from stabcheck.eigen import EigenResult
-from stabcheck.minima import Minimum
-from stabcheck.scales import Grid, MinimumConfig, Profile, profile
+from stabcheck.curvature.eigen import EigenResult
+from stabcheck.experiments.minima import Minimum
+from stabcheck.experiments.setups import Grid, MinimumConfig, Profile, profile
 
 SEEDS_ENV = "STABCHECK_SEEDS_PER_SETTING"
 

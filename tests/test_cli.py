@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import stabcheck
-from stabcheck.cli import main
-from stabcheck.models import build_model
+from stabcheck.reporting.cli import main
+from stabcheck.experiments.models import build_model
 
 
 @pytest.fixture

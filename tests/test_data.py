@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from stabcheck import data
-from stabcheck.data import DataNotFoundError, DataRequestError, load_cifar10, load_fashion_mnist, one_hot
+from stabcheck.experiments import data
+from stabcheck.experiments.data import DataNotFoundError, DataRequestError, load_cifar10, load_fashion_mnist, one_hot
 
 FIRST_FASHION_LABELS = [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]
 FIRST_CIFAR_LABELS = [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from stabcheck import lanczos, power_iteration
-from stabcheck.eigen import top_eigenpair
+from stabcheck.curvature.eigen import top_eigenpair
 
 
 def known_spectrum(evals, seed=0):

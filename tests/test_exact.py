@@ -1,11 +1,11 @@
-"""stabcheck.exact against brute-force enumeration of every batch, in float64."""
+"""stabcheck.curvature.exact against brute-force enumeration of every batch, in float64."""
 import math
 
 import pytest
 import torch
 
-from stabcheck import exact
-from stabcheck.toys import AppendixBToy, QuadraticToy
+from stabcheck.curvature import exact
+from stabcheck.experiments.toys import AppendixBToy, QuadraticToy
 
 ATOL = 1e-12
 

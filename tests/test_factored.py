@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 import stabcheck
-from stabcheck import factored
-from stabcheck.operators import SIGMA_ENGINES, SigmaOperator, Theorem1Operator, resolve_engine
+from stabcheck.curvature.engines import factored
+from stabcheck.curvature.engines import SIGMA_ENGINES, resolve_engine
+from stabcheck.curvature.operators import SigmaOperator, Theorem1Operator
 
 from .tiny import MODELS, dense_curvature, make_problem
 
@@ -135,7 +136,7 @@ def test_auto_falls_back_visibly(case):
     y = torch.randn(net(x).shape, dtype=torch.float64)
     problem = stabcheck.Problem(net, x, y)
     assert reason in factored.unsupported_reason(problem)
-    assert resolve_engine(problem, "auto") == "vmap"
+    assert resolve_engine(problem, "auto").name == "vmap"
     assert SigmaOperator(problem).engine == "vmap"
     assert stabcheck.non_uniformity(problem, tol=1e-6).engine == "vmap"
     with pytest.raises(factored.UnsupportedModel, match="factored Σ engine cannot handle"):
@@ -144,7 +145,7 @@ def test_auto_falls_back_visibly(case):
 
 def test_auto_picks_factored_where_supported():
     problem = make_problem("mlp-tanh", "ce")
-    assert resolve_engine(problem, "auto") == "factored"
+    assert resolve_engine(problem, "auto").name == "factored"
     res = stabcheck.non_uniformity(problem, tol=1e-8)
     assert res.engine == "factored"
     assert res.eigenvalue == pytest.approx(stabcheck.non_uniformity(problem, engine="loop", tol=1e-8).eigenvalue, rel=1e-6)

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import stabcheck
-from stabcheck import minima
-from stabcheck.minima import MinimaCache, cache_key
-from stabcheck.scales import Setup, profile
+from stabcheck.experiments import minima
+from stabcheck.experiments.minima import MinimaCache, cache_key
+from stabcheck.experiments.setups import Setup, profile
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = Setup("tiny", "fashion_mnist", 20, "fnn", (("widths", (8,)),), tol=1e-2, max_iters=400)
@@ -105,7 +105,7 @@ def test_two_xdist_workers_train_a_minimum_once(tmp_path):
         out.mkdir()
         (scratch / "test_inner_minimum.py").write_text(textwrap.dedent(f"""
             import json, os
-            from stabcheck.scales import Setup
+            from stabcheck.experiments.setups import Setup
 
             def test_same_minimum(trained_minimum):
                 setup = Setup("xdist", "fashion_mnist", 20, "fnn", (("widths", (8,)),), tol=1e-2, max_iters=400)

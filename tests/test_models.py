@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from stabcheck.models import FNN, VGG, ResidualFNN, ResNet, build_model
-from stabcheck.problem import Problem, ProblemError
+from stabcheck.experiments.models import FNN, VGG, ResidualFNN, ResNet, build_model
+from stabcheck.curvature.problem import Problem, ProblemError
 
 
 def test_fnn_paper_size_and_output():

@@ -3,7 +3,9 @@ import pytest
 import torch
 
 import stabcheck
-from stabcheck.operators import SIGMA_ENGINES, HessianOperator, SigmaOperator, Theorem1Operator, sample_hvp
+from stabcheck.curvature.engines import SIGMA_ENGINES
+from stabcheck.curvature.operators import HessianOperator, SigmaOperator, Theorem1Operator
+from stabcheck.curvature.products import sample_hvp
 
 from .tiny import MODELS, dense_curvature, make_problem
 
@@ -118,5 +120,5 @@ def test_unequal_chunks_are_weighted_per_sample():
 def test_operator_counts_products():
     problem = make_problem("mlp-relu", "mse")
     op = HessianOperator(problem)
-    res = stabcheck.eigen.lanczos(op.matvec, problem.dim, tol=1e-6, dtype=torch.float64)
+    res = stabcheck.curvature.eigen.lanczos(op.matvec, problem.dim, tol=1e-6, dtype=torch.float64)
     assert op.matvecs == res.matvecs

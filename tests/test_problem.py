@@ -7,7 +7,7 @@ from torch import nn
 
 import stabcheck
 from stabcheck import Problem, ProblemError
-from stabcheck.problem import per_sample_loss
+from stabcheck.curvature.problem import per_sample_loss
 
 
 def _data(n=5, k=3, seed=0):

@@ -1,4 +1,4 @@
-"""stabcheck.toys: the toys' closed-form gradients against autograd of their torch models, and the simulators."""
+"""stabcheck.experiments.toys: the toys' closed-form gradients against autograd of their torch models, and the simulators."""
 import math
 from collections import Counter
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.func import grad
 
-from stabcheck.toys import AppendixBToy, OneDimensionalExample, QuadraticToy, exit_steps, run_sgd, sample_batches
+from stabcheck.experiments.toys import AppendixBToy, OneDimensionalExample, QuadraticToy, exit_steps, run_sgd, sample_batches
 
 TOYS = {
     "psd": lambda: QuadraticToy.random_psd(5, 4, 2, seed=0),

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from stabcheck.models import FNN, build_model
-from stabcheck.train import BatchSampler, TrainError, train
+from stabcheck.experiments.models import FNN, build_model
+from stabcheck.experiments.train import BatchSampler, TrainError, train
 
 
 def _data(n=24, seed=0):

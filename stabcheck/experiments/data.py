@@ -68,7 +68,7 @@ class DataRequestError(ValueError):
 class Dataset:
     """Images in [0, 1] (float32, N×C×H×W), integer labels 0..K−1, and where they came from.
 
-    ``targets(loss)`` gives what :class:`~stabcheck.problem.Problem` expects: one-hot rows for
+    ``targets(loss)`` gives what :class:`~stabcheck.curvature.problem.Problem` expects: one-hot rows for
     ``mse``/``half_sq``, the labels for ``ce``.
     """
 

@@ -13,7 +13,7 @@ A run ends with status ``converged`` (EMA < tol), ``max_iters`` (cap reached) or
 (a non-finite or exploding batch loss); divergence is recorded, never raised.
 
 >>> import torch
->>> from stabcheck.models import FNN
+>>> from stabcheck.experiments.models import FNN
 >>> torch.manual_seed(0) and None
 >>> x, y = torch.rand(20, 1, 4, 4), torch.eye(3)[torch.arange(20) % 3]
 >>> rec = train(FNN(16, (32,), 3), x, y, lr=0.5, batch_size=20, tol=1e-3, max_iters=3000, progress=False,
@@ -32,8 +32,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .bounds import check_batch, check_lr
-from .problem import LOSSES, per_sample_loss
+from ..curvature.bounds import check_batch, check_lr
+from ..curvature.problem import LOSSES, per_sample_loss
 
 #: Bumped whenever a change would alter the trained parameters; part of every cache key.
 TRAINER_VERSION = "1"

@@ -2,7 +2,7 @@
 
 A :class:`Setup` fixes the data, model, loss and stopping rule; a :class:`MinimumConfig` adds the
 optimiser settings (η, B, μ, seed) and is the key of a cached trained minimum
-(:mod:`stabcheck.minima`). A :class:`Profile` holds the setups and the (η, B, μ, seed) grids of
+(:mod:`stabcheck.experiments.minima`). A :class:`Profile` holds the setups and the (η, B, μ, seed) grids of
 each claim. ``batch_size=None`` in a grid means GD (B = n).
 
 ``paper`` reproduces PAPER.md §3: the first n = 1000 FashionMNIST training images,
@@ -60,9 +60,9 @@ about the wall time on an idle core):
   (a → 11.2, loss 1e-3 → 9e-3) and reaches a ≈ 10.2 by 260; SGD B′ = 2 leaves within 40
   (a → 15.4, then 13); GD η′ = 0.05 and SGD B′ = 20 keep a within 3% for 500 iterations.
   The plan restarts SGD with B′ = 1: B′ = 2 does not halve a within 600 iterations (C9 needs it).
-* Residual nets (C13): the conv :class:`~stabcheck.models.ResNet` (depth 8, width 1) costs
+* Residual nets (C13): the conv :class:`~stabcheck.experiments.models.ResNet` (depth 8, width 1) costs
   0.12-0.2 s per GD step at n = 100 here, too slow for thousands of steps, so ``small`` uses the
-  fully connected :class:`~stabcheck.models.ResidualFNN` (width 50, one block) on the same data; the
+  fully connected :class:`~stabcheck.experiments.models.ResidualFNN` (width 50, one block) on the same data; the
   conv ResNet runs at ``paper`` scale. With BatchNorm (trained in train mode, measured in eval
   mode) GD's a is 12× beyond 2/η, the authors' "bounds broken by large factors"; and the train-mode
   mini-batch loss of SGD stays near 1e-2 (B = 10) or 3e-3 (B = 25-50) while the eval loss is 1e-3

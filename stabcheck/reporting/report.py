@@ -8,6 +8,10 @@ from collections import defaultdict
 from pathlib import Path
 
 
+class ReportError(ValueError):
+    """A report folder or file that cannot be read (the message names it and says what to give)."""
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Write via a temporary file and rename, so a crash never leaves a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from .cli import CliError
+from .report import ReportError
 
 
 def _rows(rows: list[dict], claim: str, test: str | None = None) -> list[dict]:
@@ -25,7 +25,7 @@ def _figure_rows(rows, claim, test=None):
 
 def one_dimensional(rows, plt):
     """C4: the landscape f = (f_1 + f_2)/2 with its two minima, and SGD leaving x = 1 for x = 0."""
-    from .toys import OneDimensionalExample
+    from ..experiments.toys import OneDimensionalExample
 
     found = _figure_rows(rows, "C4", "test_sgd_leaves_x1")
     if not found:
@@ -185,11 +185,11 @@ def draw_all(folder: Path) -> list[Path]:
     """Draw every figure whose rows the run holds into ``folder``; returns the files written."""
     source = Path(folder) / "claims.json"
     if not source.is_file():
-        raise CliError(f"{source} does not exist: give the folder of a claims run (it holds claims.json)")
+        raise ReportError(f"{source} does not exist: give the folder of a claims run (it holds claims.json)")
     try:
         rows = json.loads(source.read_text())["rows"]
     except (json.JSONDecodeError, KeyError) as err:
-        raise CliError(f"{source} is not a claims report ({err})") from err
+        raise ReportError(f"{source} is not a claims report ({err})") from err
     import matplotlib
 
     matplotlib.use("Agg")

@@ -1,12 +1,12 @@
 """An on-disk cache of trained minima, shared by all claims and safe under pytest-xdist.
 
-Key = sha256 of the :class:`~stabcheck.scales.MinimumConfig`, the trainer version, the torch
+Key = sha256 of the :class:`~stabcheck.experiments.setups.MinimumConfig`, the trainer version, the torch
 version and the device type (CPU and GPU runs give different parameters). A miss trains under a
 file lock (``filelock``), so concurrent workers asking for the same minimum train it once; files
 are written to a temporary name and renamed, so a reader never sees half a file.
 
 >>> import tempfile
->>> from stabcheck.scales import Setup
+>>> from stabcheck.experiments.setups import Setup
 >>> setup = Setup("tiny", "fashion_mnist", 20, "fnn", (("widths", (8,)),), tol=1e-2, max_iters=200)
 >>> cache = MinimaCache(tempfile.mkdtemp(), progress=False)                # doctest: +SKIP
 >>> m = cache.get(setup.config(lr=0.5, batch_size=None, seed=0))          # doctest: +SKIP
@@ -30,8 +30,8 @@ from torch import nn
 
 from .data import Dataset, load_dataset
 from .models import build_model
-from .problem import Problem
-from .scales import MinimumConfig
+from ..curvature.problem import Problem
+from .setups import MinimumConfig
 from .train import TRAINER_VERSION, train
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -40,7 +40,7 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 def cache_key(config: MinimumConfig, device: str | torch.device = "cpu", dtype: str = "float32") -> str:
     """Hex digest naming the cached minimum of ``config`` trained on ``device`` in ``dtype``.
 
-    >>> from stabcheck.scales import profile
+    >>> from stabcheck.experiments.setups import profile
     >>> c = profile("small").setups["fnn"].config(0.1, None, 0)
     >>> cache_key(c) == cache_key(c), cache_key(c) == cache_key(c.with_(seed=1))
     (True, False)
@@ -75,7 +75,7 @@ def build_for(config: MinimumConfig, dataset: Dataset) -> nn.Module:
 class Minimum:
     """A trained minimum: its config, the training record (dict, no parameters) and the parameters.
 
-    ``model()`` gives the net in eval mode; ``problem()`` the :class:`~stabcheck.problem.Problem` on
+    ``model()`` gives the net in eval mode; ``problem()`` the :class:`~stabcheck.curvature.problem.Problem` on
     its training set with the setup's loss, ready for ``stabcheck.sharpness`` / ``non_uniformity``.
     Check ``status`` first: a ``diverged`` run is cached too (its parameters are not finite, so
     ``problem()`` refuses it), and ``max_iters`` means the EMA never fell below tol.

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .bounds import check_batch, check_lr
-from .problem import Problem
+from ..curvature.bounds import check_batch, check_lr
+from ..curvature.problem import Problem
 
 DTYPE = torch.float64
 

@@ -25,7 +25,7 @@ Dropout. Anything else is declared unsupported (:func:`unsupported_reason` says 
 ``engine="auto"`` picks the next engine; the operator's ``.engine`` names the one that ran.
 
 >>> import torch
->>> from stabcheck.problem import Problem
+>>> from stabcheck.curvature.problem import Problem
 >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
 >>> p = Problem(net, torch.randn(6, 3), torch.randn(6, 2), loss="mse", dtype=torch.float64)
 >>> unsupported_reason(p) is None
@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from torch.func import vjp
 from torch.nn.grad import conv2d_input, conv2d_weight
 
-from .problem import Params, Problem, ProblemError
+from ..problem import Params, Problem, ProblemError
 
 #: Element-wise activations with a non-zero second derivative: they add σ''(z) ż δ.
 SMOOTH = (nn.Tanh, nn.Sigmoid, nn.Softplus, nn.GELU, nn.SiLU, nn.ELU, nn.CELU, nn.SELU, nn.Mish,

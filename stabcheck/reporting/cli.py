@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from .report import ReportError, write_atomic
+
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -50,7 +52,7 @@ def _is_torchscript(path: Path) -> bool:
 
 def load_model(path: Path, arch: str, in_shape, num_classes: int) -> torch.nn.Module:
     """A state dict saved with torch.save plus ``--arch``; returned in eval mode."""
-    from .models import build_model
+    from ..experiments.models import build_model
 
     if not path.is_file():
         raise CliError(f"model file {path} does not exist")
@@ -89,7 +91,7 @@ def load_data(args) -> tuple[torch.Tensor, torch.Tensor, tuple, int]:
             x, y = x[: args.n], y[: args.n]
         k = int(y.max()) + 1 if args.loss == "ce" else (y.shape[1] if y.ndim > 1 else 1)
         return x, y, tuple(x.shape[1:]), k
-    from .data import DataNotFoundError, DataRequestError, load_dataset
+    from ..experiments.data import DataNotFoundError, DataRequestError, load_dataset
 
     try:
         ds = load_dataset(args.data, args.n, data_dir=args.data_dir, with_test=False)
@@ -99,7 +101,7 @@ def load_data(args) -> tuple[torch.Tensor, torch.Tensor, tuple, int]:
 
 
 def measure(args) -> dict:
-    from . import Problem, ProblemError, non_uniformity, nonuniformity_bound, sharpness, sharpness_bound, theorem1
+    from .. import Problem, ProblemError, non_uniformity, nonuniformity_bound, sharpness, sharpness_bound, theorem1
 
     if args.lr <= 0:
         raise CliError(f"--lr must be positive, got {args.lr}")
@@ -204,15 +206,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.json == "-":
                 print(json.dumps(result, indent=1))
             elif args.json:
-                from .report import write_atomic
-
                 write_atomic(Path(args.json), json.dumps(result, indent=1))
         else:
             from .figures import draw_all
 
             for path in draw_all(Path(args.folder)):
                 print(path)
-    except CliError as err:
+    except (CliError, ReportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

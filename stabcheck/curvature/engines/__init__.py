@@ -1,0 +1,51 @@
+"""Σ-product engines: one registry of objects that know their name and which problems they support.
+
+Every engine maps (problem, v, centred) to Σ v as a parameter dict; all give the same matrix.
+``engine="auto"`` takes the first engine of :data:`SIGMA_ENGINES` marked ``auto`` that supports
+the problem.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from ..problem import Params, Problem, ProblemError
+from . import factored
+from .loop import sigma_loop
+from .vmap import sigma_vmap
+
+
+def _always(problem: Problem) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class SigmaEngine:
+    """A way to compute Σ v; ``supports(problem)`` is False (never raises) where it has no rule."""
+
+    name: str
+    apply: Callable[[Problem, Params, bool], Params]
+    supports: Callable[[Problem], bool] = _always
+    auto: bool = True      # eligible for engine="auto"
+    summary: str = ""
+
+    def __call__(self, problem: Problem, v: Params, centred: bool = True) -> Params:
+        return self.apply(problem, v, centred)
+
+
+#: Registered engines by name, in the order ``auto`` tries them.
+SIGMA_ENGINES: dict[str, SigmaEngine] = {e.name: e for e in (
+    SigmaEngine("factored", factored.sigma_factored, factored.supports,
+                summary="exact per-sample factors in two batched passes; Sequential Linear/Conv2d nets"),
+    SigmaEngine("vmap", sigma_vmap, summary="per-sample HVPs batched by torch.func.vmap; any model"),
+    SigmaEngine("loop", sigma_loop, auto=False, summary="the paper's per-sample double back-propagation"),
+)}
+
+
+def resolve_engine(problem: Problem, engine: str) -> SigmaEngine:
+    """The engine object for a name, or the first supporting one for ``"auto"``."""
+    if engine == "auto":
+        return next(e for e in SIGMA_ENGINES.values() if e.auto and e.supports(problem))
+    if engine not in SIGMA_ENGINES:
+        raise ProblemError(f"unknown Σ engine {engine!r}; choose 'auto' or one of {sorted(SIGMA_ENGINES)}")
+    return SIGMA_ENGINES[engine]

@@ -1,0 +1,1 @@
+"""The experiments of the paper: data, models, trainers, setups, the minima cache and the toy problems."""

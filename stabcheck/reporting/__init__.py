@@ -1,0 +1,1 @@
+"""Reporting: claim reports (claims.json / claims.md), figures and the command line."""
