@@ -7,7 +7,7 @@ import pytest
 
 import stabcheck
 
-MODULES = sorted(m.name for m in pkgutil.iter_modules(stabcheck.__path__, "stabcheck.") if not m.name.endswith("__main__"))
+MODULES = sorted(m.name for m in pkgutil.walk_packages(stabcheck.__path__, "stabcheck.") if not m.name.endswith("__main__"))
 
 
 @pytest.mark.parametrize("name", ["stabcheck", *MODULES])
