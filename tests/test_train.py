@@ -145,3 +145,44 @@ def test_bad_settings(kw, match):
     x, y = _data()
     with pytest.raises((TrainError, ValueError), match=match):
         _run(FNN(16, (4,), 3), x, y, **kw)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("momentum, sampler", [(0.0, "epoch"), (0.5, "uniform")])
+def test_interrupted_run_resumes_from_its_checkpoint(tmp_path, momentum, sampler):
+    """A run killed mid-way and called again with the same checkpoint ends exactly where an uninterrupted run ends."""
+    x, y = _data()
+    kw = {"tol": 1e-6, "max_iters": 120, "momentum": momentum, "sampler": sampler, "seed": 5}
+    whole = _run(_net(), x, y, **kw)
+    ckpt = tmp_path / "run.ckpt"
+
+    def kill_at_70(t, model, loss):
+        if t == 70:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        _run(_net(), x, y, checkpoint=ckpt, checkpoint_every=0, callback=kill_at_70, **kw)
+    assert ckpt.exists()
+    resumed_net = _net(seed=99)  # other initial parameters: the checkpoint must replace them
+    resumed = _run(resumed_net, x, y, checkpoint=ckpt, checkpoint_every=0, **kw)
+    assert not ckpt.exists()
+    assert (resumed.status, resumed.iterations) == (whole.status, whole.iterations)
+    assert resumed.loss_curve == whole.loss_curve
+    assert all(torch.equal(resumed.state[k], whole.state[k]) for k in whole.state)
+
+
+def test_checkpoint_of_other_settings_is_refused(tmp_path):
+    x, y = _data()
+    ckpt = tmp_path / "run.ckpt"
+
+    def kill(t, model, loss):
+        if t == 3:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        _run(_net(), x, y, checkpoint=ckpt, checkpoint_every=0, callback=kill, lr=0.5)
+    with pytest.raises(TrainError, match="belongs to other settings"):
+        _run(_net(), x, y, checkpoint=ckpt, lr=0.25)

@@ -9,8 +9,13 @@ Samplers: ``epoch`` (the authors'): reshuffle once per epoch and take consecutiv
 last slice of an epoch smaller when B does not divide n; ``uniform``: an independent uniformly
 random B-subset (without replacement) every step, the sampling of the theory.
 
-A run ends with status ``converged`` (EMA < tol), ``max_iters`` (cap reached) or ``diverged``
-(a non-finite or exploding batch loss); divergence is recorded, never raised.
+A run ends with status ``converged`` (EMA < tol), ``max_iters`` (cap reached), ``diverged``
+(a non-finite or exploding batch loss; recorded, never raised) or ``stopped`` (by the callback).
+
+Long runs checkpoint: with ``checkpoint=PATH`` the full training state (parameters, momentum
+buffers, sampler, EMA, loss curve) is written atomically every ``checkpoint_every`` seconds, an
+interrupted run called again with the same path continues where the last checkpoint left it, with
+the same result as an uninterrupted run, and the file is removed when the run ends.
 
 >>> import torch
 >>> from stabcheck.experiments.models import FNN
@@ -24,9 +29,11 @@ A run ends with status ``converged`` (EMA < tol), ``max_iters`` (cap reached) or
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -39,7 +46,6 @@ from ..curvature.problem import LOSSES, per_sample_loss
 TRAINER_VERSION = "1"
 
 SAMPLERS = ("epoch", "uniform")
-STATUSES = ("converged", "max_iters", "diverged", "stopped")
 
 #: A batch loss above this (or non-finite) counts as divergence; initial MSE losses are O(1).
 DIVERGENCE_LOSS = 1e6
@@ -125,6 +131,13 @@ class BatchSampler:
         self._pos += self.batch_size
         return batch
 
+    def state(self) -> dict:
+        return {"generator": self.generator.get_state(), "order": self._order, "pos": self._pos}
+
+    def restore(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+        self._order, self._pos = state["order"], state["pos"]
+
 
 def _stderr_progress(info: dict) -> None:
     print(
@@ -156,6 +169,8 @@ def train(
     callback: Callable[[int, nn.Module, float], bool | None] | None = None,
     callback_every: int = 1,
     num_threads: int | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: float = 60.0,
 ) -> TrainRecord:
     """Train ``model`` in place by SGD(η = lr, B = batch_size, μ = momentum); GD is B = n.
 
@@ -166,6 +181,9 @@ def train(
     every ``progress_every`` seconds, a callable receives the same dict, False is silent.
     ``num_threads``: torch's CPU threads during the run (restored after). Small nets are
     overhead-bound, and two threads on a busy 2-core machine ran 16× slower than one.
+    ``checkpoint``: a file for the training state, written every ``checkpoint_every`` seconds (0: every
+    iteration) and resumed from when it exists at the start; removed when the run ends. A checkpoint of
+    other settings (lr, B, μ, seed, sampler, n, loss) is refused with an error naming the file.
     """
     if num_threads is not None and num_threads < 1:
         raise TrainError(f"num_threads must be a positive integer or None, got {num_threads}")
@@ -176,13 +194,16 @@ def train(
         return _train(model, inputs, targets, lr=lr, batch_size=batch_size, loss=loss, momentum=momentum, tol=tol,
                       max_iters=max_iters, min_iters=min_iters, seed=seed, sampler=sampler, ema_decay=ema_decay,
                       device=device, dtype=dtype, progress=progress, progress_every=progress_every,
-                      callback=callback, callback_every=callback_every)
+                      callback=callback, callback_every=callback_every,
+                      checkpoint=Path(checkpoint) if checkpoint is not None else None,
+                      checkpoint_every=checkpoint_every)
     finally:
         torch.set_num_threads(previous)
 
 
 def _train(model, inputs, targets, *, lr, batch_size, loss, momentum, tol, max_iters, min_iters, seed, sampler,
-           ema_decay, device, dtype, progress, progress_every, callback, callback_every) -> TrainRecord:
+           ema_decay, device, dtype, progress, progress_every, callback, callback_every, checkpoint,
+           checkpoint_every) -> TrainRecord:
     lr = check_lr(lr)
     n = int(inputs.shape[0])
     if targets.shape[0] != n:
@@ -212,9 +233,14 @@ def _train(model, inputs, targets, *, lr, batch_size, loss, momentum, tol, max_i
     curve: list[float] = []
     ema = math.nan
     status = "max_iters"
-    start = last_report = time.perf_counter()
-    it = 0
-    for it in range(1, max_iters + 1):
+    settings = {"lr": lr, "batch_size": batch_size, "momentum": momentum, "seed": seed, "sampler": sampler, "n": n,
+                "loss": loss, "ema_decay": ema_decay, "dtype": str(dtype)}
+    done, earlier_wall = 0, 0.0
+    if checkpoint is not None and checkpoint.exists():
+        done, ema, curve, earlier_wall = _resume(checkpoint, settings, model, opt, batches)
+    start = last_report = last_save = time.perf_counter()
+    it = done
+    for it in range(done + 1, max_iters + 1):
         idx = batches.next()
         xb, yb = (x, y) if idx is None else (x[idx], y[idx])
         opt.zero_grad(set_to_none=True)
@@ -234,11 +260,16 @@ def _train(model, inputs, targets, *, lr, batch_size, loss, momentum, tol, max_i
             status = "converged"
             break
         now = time.perf_counter()
+        if checkpoint is not None and now - last_save >= checkpoint_every:
+            last_save = now
+            _save_checkpoint(checkpoint, settings, it, model, opt, batches, ema, curve, earlier_wall + now - start)
         if report is not None and now - last_report >= progress_every:
             last_report = now
             report({"iteration": it, "max_iters": max_iters, "ema_loss": ema, "lr": lr, "batch_size": batch_size,
-                    "momentum": momentum, "iters_per_second": it / (now - start)})
-    wall = time.perf_counter() - start
+                    "momentum": momentum, "iters_per_second": (it - done) / (now - start)})
+    wall = earlier_wall + time.perf_counter() - start
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
 
     final = math.nan
     if status != "diverged":
@@ -250,6 +281,33 @@ def _train(model, inputs, targets, *, lr, batch_size, loss, momentum, tol, max_i
         loss_curve=curve,
         state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
     )
+
+
+def _save_checkpoint(path: Path, settings: dict, it: int, model: nn.Module, opt, batches: BatchSampler, ema: float,
+                     curve: list[float], wall: float) -> None:
+    blob = {"settings": settings, "iteration": it, "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "sampler": batches.state(), "ema": ema, "curve": curve, "wall_time": wall}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(blob, tmp)
+        os.replace(tmp, path)  # a kill during the write leaves the previous checkpoint intact
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _resume(path: Path, settings: dict, model: nn.Module, opt, batches: BatchSampler):
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - whatever broke the file, the remedy is the same
+        raise TrainError(f"checkpoint {path} cannot be read ({type(err).__name__}); delete it to train from the "
+                         "start") from err
+    if blob.get("settings") != settings:
+        raise TrainError(f"checkpoint {path} belongs to other settings ({blob.get('settings')}, this run: {settings}); "
+                         "delete it or pass another checkpoint path")
+    model.load_state_dict(blob["model"])
+    opt.load_state_dict(blob["optimizer"])
+    batches.restore(blob["sampler"])
+    return blob["iteration"], blob["ema"], list(blob["curve"]), blob["wall_time"]
 
 
 @torch.no_grad()
