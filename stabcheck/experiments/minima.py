@@ -168,7 +168,8 @@ class MinimaCache:
         rec = train(net, dataset.inputs, dataset.targets(s.loss), lr=config.lr, batch_size=config.batch_size,
                     loss=s.loss, momentum=config.momentum, tol=s.tol, max_iters=s.max_iters, seed=config.seed,
                     sampler=config.sampler, device=self.device, dtype=_DTYPES[self.dtype], progress=self.progress,
-                    num_threads=self.cpu_threads if torch.device(self.device).type == "cpu" else None)
+                    num_threads=self.cpu_threads if torch.device(self.device).type == "cpu" else None,
+                    checkpoint=path.with_suffix(".ckpt"))  # an interrupted long run resumes here
         record = rec.as_dict()
         record["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         record["data_source"] = dataset.source
