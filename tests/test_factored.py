@@ -100,9 +100,9 @@ def test_gram_rule_is_exercised():
     torch.manual_seed(3)
     net = _layer_zoo()
     problem = stabcheck.Problem(net, torch.randn(2, 2, 8, 8, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64))
-    plan = factored._plan(problem)
-    states = factored._pass1(plan, problem, problem.inputs, problem.targets, problem.params)[0]
-    assert [getattr(st, "gram", None) for st in states if hasattr(st, "gram")] == [False, False, True]
+    plan = factored.plan.plan_for(problem)
+    records = factored.passes.pass1(plan, problem.params, problem.inputs, problem.targets, problem.loss, problem.params)
+    assert [st.gram for st in records.states if isinstance(st, factored.layers.Conv2dState)] == [False, False, True]
 
 
 class _Doubled(nn.Sequential):

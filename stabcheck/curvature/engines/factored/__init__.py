@@ -1,0 +1,73 @@
+"""The ``factored`` Σ engine: exact Σv from per-sample factors, in two batched passes.
+
+Σv = (1/n) Σ_i H_i w_i with w_i = H_i v − H v (centred; the −H w̄ term of the other engines is
+zero here because H v is the mean of the very same H_i v). Nothing parameter-sized is formed
+per sample for Linear layers:
+
+* pass 1, one batched forward-over-reverse pass at the shared tangent v, records for every layer
+  and sample the input a_i, its tangent ȧ_i, the back-propagated signal δ_i and its tangent
+  δ̇_i; a Linear layer's per-sample product is then (H_i v)_W = δ̇_i a_iᵀ + δ_i ȧ_iᵀ (rank two),
+  (H_i v)_b = δ̇_i, and H v is their mean;
+* pass 2 applies each H_i to its own tangent w_i through a few per-sample dot products of those
+  records instead of n parameter-sized vectors.
+
+The package in three steps, imports running one way: :mod:`.layers` (the :class:`LayerRule`
+interface and one rule per layer kind, with the per-layer math), :mod:`.passes` (the two passes
+over a chunk and the loss's factors), :mod:`.plan` (a model's rules, probed once and cached).
+
+Supported: ``nn.Sequential`` (nested) of Linear (2-D inputs), Conv2d (zeros padding, groups=1),
+the element-wise activations of ``SMOOTH`` and ``PIECEWISE_LINEAR``, MaxPool2d,
+AdaptiveMaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten, Unflatten, Identity and inactive
+Dropout. Anything else is declared unsupported (:func:`unsupported_reason` says why) and
+``engine="auto"`` picks the next engine; the operator's ``.engine`` names the one that ran.
+
+>>> import torch
+>>> from stabcheck.curvature.problem import Problem
+>>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+>>> p = Problem(net, torch.randn(6, 3), torch.randn(6, 2), loss="mse", dtype=torch.float64)
+>>> unsupported_reason(p) is None
+True
+>>> sorted(sigma_factored(p, p.params, centred=True)) == sorted(p.params)
+True
+"""
+from __future__ import annotations
+
+import torch
+
+from ...problem import Params, Problem
+from .layers import PIECEWISE_LINEAR, SMOOTH, LayerRule, Pass2Context, UnsupportedModel
+from .passes import hv_sum, pass1, pass2
+from .plan import plan_for, supports, unsupported_reason
+
+__all__ = ["PIECEWISE_LINEAR", "SMOOTH", "LayerRule", "UnsupportedModel", "sigma_factored", "supports",
+           "unsupported_reason"]
+
+
+def sigma_factored(problem: Problem, v: Params, centred: bool) -> Params:
+    """Σv = (1/n) Σ_i H_i (H_i v − H v) (centred) or (1/n) Σ_i H_i² v − H² v, from per-sample factors.
+
+    Works in the chunks of :meth:`Problem.chunks` (the memory knob it shares with the H v product).
+    One chunk: pass 1 gives every H_i v and H v, pass 2 applies each H_i to H_i v − H v. More
+    chunks: a first sweep that records nothing gives H v, then every chunk runs pass 1 and pass 2.
+    """
+    plan = plan_for(problem)
+    n = problem.n
+    chunks = problem.chunks()
+    with torch.no_grad():
+        hv_mean = {k: t / n for k, t in hv_sum(plan, problem, v).items()} if len(chunks) > 1 else None
+        out: Params = {}
+        h_hv: Params = {}
+        for c in chunks:
+            records = pass1(plan, problem.params, problem.inputs[c], problem.targets[c], problem.loss, v)
+            if hv_mean is None:
+                hv_mean = {k: t / n for k, t in records.hv_sum.items()}
+            if centred:
+                pass2(plan, records, Pass2Context(problem.params, True, {k: -t for k, t in hv_mean.items()}, out))
+            else:
+                pass2(plan, records, Pass2Context(problem.params, True, None, out))
+                pass2(plan, records, Pass2Context(problem.params, False, hv_mean, h_hv))
+            del records
+        if not centred:
+            for k in out:
+                out[k].sub_(h_hv[k])
+        return {k: out[k].div_(n) for k in problem.names}
