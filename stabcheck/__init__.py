@@ -14,14 +14,20 @@ Three layers, imports running one way (reporting → experiments → curvature):
 >>> import torch, stabcheck
 >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
 >>> prob = stabcheck.Problem(net, torch.randn(8, 3), torch.randn(8, 2), loss="mse", dtype=torch.float64)
->>> a = stabcheck.sharpness(prob).value
->>> s = stabcheck.non_uniformity(prob).value
->>> stabcheck.theorem1(prob, lr=0.1, batch_size=2).stable in (True, False)
+>>> a = stabcheck.sharpness(prob)          # SharpnessResult: .value = a = λmax(H)
+>>> s = stabcheck.non_uniformity(prob)     # NonUniformityResult: .value = s, .eigenvalue = λmax(Σ)
+>>> t = stabcheck.theorem1(prob, lr=0.1, batch_size=2, sharpness=a)  # reuses a's solve
+>>> t.verdict in ("certified stable", "not certified", "unknown")
 True
+
+Each criterion's result is immutable and holds its eigensolver run (``.eigen``, an
+:class:`EigenResult` whose ``value`` is the eigenvalue of the operator solved).
 """
 from .curvature import exact
 from .curvature.bounds import noise_factor, nonuniformity_bound, sharpness_bound
-from .curvature.criteria import Theorem1Result, non_uniformity, sharpness, theorem1
+from .curvature.criteria import (
+    NonUniformityResult, SharpnessResult, Theorem1Result, non_uniformity, sharpness, theorem1,
+)
 from .curvature.eigen import EigenResult, lanczos, power_iteration
 from .curvature.engines import SIGMA_ENGINES
 from .curvature.operators import HessianOperator, SigmaOperator, Theorem1Operator
@@ -33,7 +39,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "exact", "toys",
-    "EigenResult", "HessianOperator", "Problem", "ProblemError", "SIGMA_ENGINES", "SigmaOperator",
-    "Theorem1Operator", "Theorem1Result", "hvp", "lanczos", "noise_factor", "non_uniformity",
-    "nonuniformity_bound", "power_iteration", "sharpness", "sharpness_bound", "theorem1",
+    "EigenResult", "HessianOperator", "NonUniformityResult", "Problem", "ProblemError", "SIGMA_ENGINES",
+    "SharpnessResult", "SigmaOperator", "Theorem1Operator", "Theorem1Result", "hvp", "lanczos",
+    "noise_factor", "non_uniformity", "nonuniformity_bound", "power_iteration", "sharpness",
+    "sharpness_bound", "theorem1",
 ]

@@ -7,6 +7,8 @@ import torch
 from stabcheck.curvature import exact
 from stabcheck.experiments.toys import AppendixBToy, QuadraticToy
 
+from .tiny import dense_sigma
+
 ATOL = 1e-12
 
 
@@ -21,10 +23,8 @@ def random_symmetric(n, d, seed):
 
 def dense_theorem1(h, lr, p):
     """(I − ηH)² + η² p Σ from dense per-sample Hessians."""
-    mean = h.mean(0)
-    centred = h - mean
-    a = torch.eye(h.shape[1], dtype=h.dtype) - lr * mean
-    return a @ a + lr * lr * p * (centred @ centred).mean(0)
+    a = torch.eye(h.shape[1], dtype=h.dtype) - lr * h.mean(0)
+    return a @ a + lr * lr * p * dense_sigma(h)
 
 
 @pytest.mark.parametrize("n,batch_size,replace", [

@@ -1,4 +1,5 @@
 """H, H_i, Σ and the Theorem-1 matrix against dense float64 ground truth on tiny models."""
+import numpy as np
 import pytest
 import torch
 
@@ -96,16 +97,18 @@ def test_theorem1_matrix_and_value(case, lr, batch):
     expected = torch.linalg.eigvalsh(t)[-1].item()
     result = stabcheck.theorem1(problem, lr, batch, tol=1e-9, maxiter=problem.dim)
     assert result.value == pytest.approx(expected, rel=RTOL, abs=1e-9)
-    assert result.floor <= expected + 1e-9, "the floor must be a lower bound (a Rayleigh quotient)"
-    assert result.stable == (expected <= 1 + result.stable_tol)
+    assert result.rayleigh_top <= expected + 1e-9, "rayleigh_top must be a lower bound (a Rayleigh quotient)"
+    assert result.converged and result.stable == (expected <= 1 + result.stable_tol)
 
 
 def test_scipy_linear_operator(case):
     problem, _, h, _ = case
     op = HessianOperator(problem).to_scipy()
     v = _vec(problem)
-    assert op.shape == (problem.dim, problem.dim)
+    assert op.shape == (problem.dim, problem.dim) and op.dtype == np.float64
     torch.testing.assert_close(torch.as_tensor(op.matvec(v.numpy())), h @ v, rtol=RTOL, atol=1e-10)
+    vs = torch.stack([v, _vec(problem, 2)], dim=1)
+    torch.testing.assert_close(torch.as_tensor(op.matmat(vs.numpy())), h @ vs, rtol=RTOL, atol=1e-10)
 
 
 def test_unequal_chunks_are_weighted_per_sample():

@@ -45,9 +45,17 @@ def dense_sample_hessians(problem: Problem) -> torch.Tensor:
     ])
 
 
+def dense_sigma(hessians: torch.Tensor) -> torch.Tensor:
+    """Σ = (1/n) Σ_i (H_i − H)² from the stacked (n, d, d) per-sample Hessians H_i.
+
+    >>> dense_sigma(torch.tensor([[[1.0]], [[3.0]]]))
+    tensor([[1.]])
+    """
+    centred = hessians - hessians.mean(0)
+    return (centred @ centred).mean(0)
+
+
 def dense_curvature(problem: Problem) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(H_i stacked, H, Σ = (1/n) Σ_i (H_i − H)²)."""
     his = dense_sample_hessians(problem)
-    h = his.mean(0)
-    centred = his - h
-    return his, h, (centred @ centred).mean(0)
+    return his, his.mean(0), dense_sigma(his)

@@ -1,13 +1,14 @@
 """Eigensolvers for the largest eigenvalue of a symmetric matrix-free operator.
 
-Both return an :class:`EigenResult`; neither hides non-convergence (``converged`` is False and
-``residual`` says how far off the pair is).
+Both return an immutable :class:`EigenResult` whose ``value`` is the eigenvalue of the operator
+they were given (the criteria wrap it in their own result types); neither hides non-convergence
+(``converged`` is False and ``residual`` says how far off the pair is).
 """
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable
 
 import torch
@@ -18,17 +19,32 @@ Matvec = Callable[[Tensor], Tensor]
 METHODS = ("lanczos", "power")
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class EigenResult:
-    """An eigenpair estimate and how it was obtained.
+    """An eigenpair estimate of one operator A and how it was obtained (immutable).
 
-    ``value`` is the reported quantity: the eigenvalue itself, or a function of it (s = √λ for
-    non-uniformity); ``eigenvalue`` is always the eigenvalue of the operator.
-    ``residual`` = ‖A v − λ v‖ / max(|λ|, scale), scale = the largest |Ritz value| seen.
+    Attributes:
+        value: the eigenvalue estimate λ of A (a Ritz value, i.e. a Rayleigh quotient vᵀAv of a unit v).
+        vector: the unit eigenvector estimate v.
+        iterations: solver steps taken.
+        matvecs: products with A spent, certifications included.
+        residual: the relative residual of (λ, v). Lanczos: ‖A v − λ v‖ / scale, scale = the
+            largest |Ritz value| seen (≥ |λ|), measured with one extra product; without ``certify``
+            its Ritz estimate β_k|s_k|/scale instead. Power iteration: ‖A v − λ v‖ / |λ|.
+        converged: whether the solver's stopping rule was met (``tol``).
+        method: "lanczos" or "power".
+        tol: the stopping tolerance (its meaning per method is in each solver's docstring).
+        seed: seed of the random start vector.
+        dtype, device: where the products ran, e.g. "float64", "cpu".
+        wall_time: seconds spent in the solver.
+        history: the eigenvalue estimate after each step.
+
+    >>> r = lanczos(lambda v: 2 * v, 3, dtype=torch.float64)
+    >>> r.value == r.eigenvalue == 2.0
+    True
     """
 
     value: float
-    eigenvalue: float
     vector: Tensor = field(repr=False)
     iterations: int
     matvecs: int
@@ -40,15 +56,17 @@ class EigenResult:
     dtype: str
     device: str
     wall_time: float
-    history: list[float] = field(default_factory=list, repr=False)
-    quantity: str = "eigenvalue"
-    engine: str | None = None
-    mode: str = "eval"
+    history: tuple[float, ...] = field(default=(), repr=False)
+
+    @property
+    def eigenvalue(self) -> float:
+        """Alias of ``value``."""
+        return self.value
 
     def as_dict(self) -> dict:
         """JSON-ready record without the eigenvector."""
-        d = asdict(self)
-        d.pop("vector")
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "vector"}
+        d["history"] = list(self.history)
         return d
 
 
@@ -74,6 +92,13 @@ def power_iteration(
 
     Finds the eigenvalue of largest *magnitude* (pitfall 4); for a PSD operator that is λ_max.
 
+    Args:
+        matvec: v ↦ A v on flat tensors of length ``dim``.
+        tol: relative change of λ between two steps that stops the iteration.
+        maxiter: most steps (one product each).
+        seed: seed of the random start vector (drawn in float64 on the CPU).
+        dtype, device: of the vectors handed to ``matvec``.
+
     >>> A = torch.diag(torch.tensor([3.0, 1.0, 0.5], dtype=torch.float64))
     >>> r = power_iteration(lambda v: A @ v, 3, tol=1e-10, maxiter=200, dtype=torch.float64)
     >>> round(r.value, 6), r.converged
@@ -97,11 +122,12 @@ def power_iteration(
             converged = True
             residual = 0.0
             break
-        v = w / norm
+        if k < maxiter:  # keep v the vector that value and residual describe
+            v = w / norm
     return EigenResult(
-        value=lam, eigenvalue=lam, vector=v, iterations=k, matvecs=k, residual=residual,
+        value=lam, vector=v, iterations=k, matvecs=k, residual=residual,
         converged=converged, method="power", tol=tol, seed=seed, dtype=str(dtype).replace("torch.", ""),
-        device=str(device), wall_time=time.perf_counter() - start, history=history,
+        device=str(device), wall_time=time.perf_counter() - start, history=tuple(history),
     )
 
 
@@ -114,8 +140,17 @@ def lanczos(
     Stops when the Ritz residual β_k|s_k| ≤ tol·scale (scale = largest |Ritz value|).
     ``certify`` spends one more product to measure ‖Av − λv‖ explicitly and reports that; when
     the measured residual misses tol (rounding, mostly in float32) the iteration goes on with a
-    stricter target instead of stopping unconverged. ``maxiter`` caps the Lanczos steps; the
-    products are the steps plus the certifications.
+    stricter target instead of stopping unconverged.
+
+    Args:
+        matvec: v ↦ A v on flat tensors of length ``dim``; A symmetric.
+        tol: relative residual ‖Av − λv‖/scale that counts as converged.
+        maxiter: most Lanczos steps (capped at ``dim``); the products are the steps plus the
+            certifications.
+        seed: seed of the random start vector (drawn in float64 on the CPU).
+        dtype, device: of the vectors handed to ``matvec``.
+        certify: measure the residual explicitly (one product per check) instead of trusting
+            the Ritz estimate.
 
     >>> A = torch.diag(torch.tensor([3.0, 1.0, -5.0], dtype=torch.float64))
     >>> r = lanczos(lambda v: A @ v, 3, tol=1e-10, dtype=torch.float64)
@@ -168,14 +203,18 @@ def lanczos(
         betas.append(beta)
         q = w / beta
     return EigenResult(
-        value=theta, eigenvalue=theta, vector=vector, iterations=k, matvecs=k + certifications, residual=residual,
+        value=theta, vector=vector, iterations=k, matvecs=k + certifications, residual=residual,
         converged=residual <= tol, method="lanczos", tol=tol, seed=seed,
         dtype=str(dtype).replace("torch.", ""), device=str(device), wall_time=time.perf_counter() - start,
-        history=history,
+        history=tuple(history),
     )
 
 
 def top_eigenpair(matvec: Matvec, dim: int, *, method: str = "lanczos", **kwargs) -> EigenResult:
+    """The top eigenpair by ``method`` ("lanczos": largest algebraic; "power": largest magnitude).
+
+    ``kwargs`` go to the solver (:func:`lanczos` or :func:`power_iteration`).
+    """
     if method == "lanczos":
         return lanczos(matvec, dim, **kwargs)
     if method == "power":

@@ -1,9 +1,14 @@
 """Matrix-free curvature operators of a :class:`~stabcheck.curvature.problem.Problem`.
 
-Every operator acts on flat parameter-space vectors (torch, length ``problem.dim``), counts its
-products, and converts to a ``scipy.sparse.linalg.LinearOperator`` with :meth:`to_scipy`.
+Every operator acts on flat parameter-space vectors (torch, length ``problem.dim``, in the
+problem's ``dtype`` on its ``device``) with ``matvec``/``@`` and on columns with ``matmat``, counts
+every product it makes (``products``: its own and those of the operators it is built from), and
+converts to a ``scipy.sparse.linalg.LinearOperator`` with :meth:`~CurvatureOperator.to_scipy`.
+A Σ product counts once; the per-sample and centring products inside it are its engine's.
 """
 from __future__ import annotations
+
+from collections import Counter
 
 import numpy as np
 import torch
@@ -17,12 +22,17 @@ from .products import axpy, hvp
 
 
 class CurvatureOperator:
-    """A symmetric d×d operator given by its product with flat vectors."""
+    """A symmetric d×d operator given by its product with flat vectors.
+
+    ``matvecs`` counts this operator's products; ``products`` adds those of its parts by name.
+    """
 
     name = "operator"
 
     def __init__(self, problem: Problem):
         self.problem = problem
+        self.dtype = problem.dtype
+        self.device = problem.device
         self.matvecs = 0
 
     @property
@@ -32,29 +42,56 @@ class CurvatureOperator:
     def _apply(self, v: Params) -> Params:
         raise NotImplementedError
 
+    def _parts(self) -> tuple[CurvatureOperator, ...]:
+        """The operators whose products this one makes (none for a primitive operator)."""
+        return ()
+
+    @property
+    def products(self) -> dict[str, int]:
+        """Products made so far, by operator name: this operator's and, through it, its parts'."""
+        counts = Counter({self.name: self.matvecs})
+        for part in self._parts():
+            counts.update(part.products)
+        return dict(counts)
+
+    def apply(self, v: Params) -> Params:
+        """The product with a parameter dict, counted (what operators built from this one call)."""
+        self.matvecs += 1
+        return self._apply(v)
+
     def matvec(self, v: Tensor) -> Tensor:
         p = self.problem
         v = v.to(p.device, p.dtype)
-        self.matvecs += 1
-        return p.flatten(self._apply(p.unflatten(v))).detach()
+        return p.flatten(self.apply(p.unflatten(v))).detach()
 
     def __matmul__(self, v: Tensor) -> Tensor:
-        return self.matvec(v)
+        return self.matmat(v) if v.dim() == 2 else self.matvec(v)
 
-    def to_scipy(self) -> LinearOperator:
-        """The operator as a scipy LinearOperator on float64 numpy vectors."""
-        np_dtype = np.float64 if self.problem.dtype == torch.float64 else np.float32
+    def matmat(self, vs: Tensor) -> Tensor:
+        """A V for a (d, k) tensor of columns, one counted product per column."""
+        if vs.dim() != 2 or vs.shape[0] != self.problem.dim:
+            raise ValueError(f"matmat needs a (d, k) tensor with d = {self.problem.dim}, got shape {tuple(vs.shape)}")
+        return torch.stack([self.matvec(col) for col in vs.T], dim=1)
+
+    def to_scipy(self, dtype=np.float64) -> LinearOperator:
+        """The operator as a scipy LinearOperator on numpy arrays of ``dtype``.
+
+        Inputs are converted to the problem's dtype for the product and the result back to ``dtype``.
+        """
+        np_dtype = np.dtype(dtype)
 
         def mv(x):
-            x = np.asarray(x).reshape(-1)
-            return self.matvec(torch.as_tensor(x)).cpu().numpy().astype(np_dtype)
+            x = torch.as_tensor(np.asarray(x).reshape(-1))
+            return self.matvec(x).cpu().numpy().astype(np_dtype, copy=False)
 
-        return LinearOperator(self.shape, matvec=mv, rmatvec=mv, dtype=np_dtype)
+        def mm(xs):
+            return self.matmat(torch.as_tensor(np.asarray(xs))).cpu().numpy().astype(np_dtype, copy=False)
+
+        return LinearOperator(self.shape, matvec=mv, rmatvec=mv, matmat=mm, rmatmat=mm, dtype=np_dtype)
 
     def to_dense(self) -> Tensor:
         """Column by column; for tests on tiny models only."""
-        eye = torch.eye(self.problem.dim, dtype=self.problem.dtype, device=self.problem.device)
-        return torch.stack([self.matvec(e) for e in eye], dim=1)
+        return self.matmat(torch.eye(self.problem.dim, dtype=self.dtype, device=self.device))
 
 
 class HessianOperator(CurvatureOperator):
@@ -75,7 +112,8 @@ class HessianOperator(CurvatureOperator):
 class SigmaOperator(CurvatureOperator):
     """Σ = (1/n) Σ_i (H_i − H)² (centred; ``centred=False`` uses (1/n) Σ_i H_i² − H²).
 
-    ``engine`` picks how the per-sample products are computed; all engines give the same matrix.
+    ``engine`` picks how the per-sample products are computed (a name in ``SIGMA_ENGINES`` or
+    "auto"); all engines give the same matrix. ``.engine`` is the name of the one that runs.
     """
 
     name = "sigma"
@@ -94,7 +132,9 @@ class Theorem1Operator(CurvatureOperator):
     """T = (I − ηH)² + η² p Σ with p = (n − B)/(B(n − 1)); ``excess=True`` gives T − I.
 
     T − I = η²(H² + pΣ) − 2ηH vanishes on the common null space of H and Σ, so its top
-    eigenvalue is found without resolving a cluster of eigenvalues at 1.
+    eigenvalue is found without resolving a cluster of eigenvalues at 1. One product makes two
+    products with ``hessian`` and, when p > 0, one with ``sigma``. The Σ engine is resolved (an
+    unknown name raises) even at p = 0 (B = n), where Σ is not applied.
     """
 
     name = "theorem1"
@@ -104,15 +144,19 @@ class Theorem1Operator(CurvatureOperator):
         self.lr = float(lr)
         self.batch_size = int(batch_size)
         self.p = noise_factor(problem.n, batch_size)
-        self.sigma = SigmaOperator(problem, engine) if self.p > 0 else None
-        self.engine = self.sigma.engine if self.sigma else None
+        self.hessian = HessianOperator(problem)
+        self.sigma = SigmaOperator(problem, engine)
+        self.engine = self.sigma.engine
         self.excess = excess
 
+    def _parts(self) -> tuple[CurvatureOperator, ...]:
+        return (self.hessian, self.sigma)
+
     def _apply(self, v: Params) -> Params:
-        lr, prob = self.lr, self.problem
-        hv = hvp(prob, v)
-        hhv = hvp(prob, hv)
+        lr = self.lr
+        hv = self.hessian.apply(v)
+        hhv = self.hessian.apply(hv)
         out = {k: lr * lr * hhv[k] - 2 * lr * hv[k] + (0 if self.excess else v[k]) for k in v}
-        if self.sigma is not None:
-            axpy(out, self.sigma._apply(v), lr * lr * self.p)
+        if self.p > 0:
+            axpy(out, self.sigma.apply(v), lr * lr * self.p)
         return out
