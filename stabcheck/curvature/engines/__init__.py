@@ -43,9 +43,18 @@ SIGMA_ENGINES: dict[str, SigmaEngine] = {e.name: e for e in (
 
 
 def resolve_engine(problem: Problem, engine: str) -> SigmaEngine:
-    """The engine object for a name, or the first supporting one for ``"auto"``."""
+    """The engine object for a name in :data:`SIGMA_ENGINES`, or the first supporting one for ``"auto"``.
+
+    >>> import torch
+    >>> p = Problem(torch.nn.Linear(2, 1), torch.randn(3, 2), torch.randn(3, 1), loss="mse")
+    >>> resolve_engine(p, "auto").name, resolve_engine(p, "loop").name
+    ('factored', 'loop')
+    """
     if engine == "auto":
-        return next(e for e in SIGMA_ENGINES.values() if e.auto and e.supports(problem))
+        chosen = next((e for e in SIGMA_ENGINES.values() if e.auto and e.supports(problem)), None)
+        if chosen is None:
+            raise ProblemError(f"no automatic Σ engine supports this problem; name one of {sorted(SIGMA_ENGINES)}")
+        return chosen
     if engine not in SIGMA_ENGINES:
         raise ProblemError(f"unknown Σ engine {engine!r}; choose 'auto' or one of {sorted(SIGMA_ENGINES)}")
     return SIGMA_ENGINES[engine]
