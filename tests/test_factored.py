@@ -119,7 +119,16 @@ class _Plain(nn.Module):
         return self.fc(x)
 
 
+class _Flipped(nn.Tanh):
+    """A subclass of a supported activation whose forward is no longer element-wise."""
+
+    def forward(self, x):
+        return torch.tanh(x).flip(1)
+
+
 UNSUPPORTED = {
+    "activation subclass overriding forward": (
+        lambda: nn.Sequential(nn.Linear(4, 3), _Flipped(), nn.Linear(3, 2)), (6, 4), "overrides Tanh.forward"),
     "custom module": (_Plain, (6, 4), "no exact factored rule"),
     "overridden Sequential.forward": (lambda: _Doubled(nn.Linear(4, 3)), (6, 4), "overrides Sequential.forward"),
     "layer norm": (lambda: nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3)), (6, 4), "LayerNorm"),
@@ -154,3 +163,42 @@ def test_auto_picks_factored_where_supported():
 
 def test_unsupported_error_is_a_problem_error():
     assert issubclass(factored.UnsupportedModel, stabcheck.ProblemError)
+
+
+INPLACE = {
+    "LeakyReLU": lambda: nn.LeakyReLU(0.1, inplace=True),
+    "ELU": lambda: nn.ELU(inplace=True),
+    "Hardtanh": lambda: nn.Hardtanh(inplace=True),
+    "SiLU": lambda: nn.SiLU(inplace=True),
+    "ReLU6": lambda: nn.ReLU6(inplace=True),
+    "ReLU": lambda: nn.ReLU(inplace=True),
+}
+
+
+@pytest.mark.parametrize("activation", sorted(INPLACE))
+def test_inplace_activations_give_the_dense_sigma(activation):
+    """In-place activations are element-wise, so the engine applies them out of place; ``auto`` picks it."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), INPLACE[activation](), nn.Linear(6, 3)).double().eval()
+    x = torch.randn(6, 4, dtype=torch.float64)
+    problem = stabcheck.Problem(net, x, torch.randn(6, 3, dtype=torch.float64))
+    assert factored.supports(problem) is True
+    _, _, sigma = dense_curvature(problem)
+    op = SigmaOperator(problem, "auto")
+    assert op.engine == "factored"
+    torch.testing.assert_close(op.to_dense(), sigma, rtol=1e-8, atol=1e-10)
+    res = stabcheck.non_uniformity(problem, engine="auto", tol=1e-10)
+    assert res.eigenvalue == pytest.approx(float(torch.linalg.eigvalsh(sigma)[-1]), rel=1e-8)
+    assert net[1].inplace  # the user's module is left as it was
+
+
+def test_supports_answers_false_when_a_rule_fails(monkeypatch):
+    """supports() never raises: an error inside the probe becomes the reason, and ``auto`` moves on."""
+    def broken(self, ctx, a, a_dot):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(factored.layers.ElementwiseRule, "forward1", broken)
+    problem = make_problem("mlp-tanh", "mse")
+    assert factored.supports(problem) is False
+    assert "RuntimeError: boom" in factored.unsupported_reason(problem)
+    assert resolve_engine(problem, "auto").name == "vmap"

@@ -16,10 +16,12 @@ interface and one rule per layer kind, with the per-layer math), :mod:`.passes` 
 over a chunk and the loss's factors), :mod:`.plan` (a model's rules, probed once and cached).
 
 Supported: ``nn.Sequential`` (nested) of Linear (2-D inputs), Conv2d (zeros padding, groups=1),
-the element-wise activations of ``SMOOTH`` and ``PIECEWISE_LINEAR``, MaxPool2d,
-AdaptiveMaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten, Unflatten, Identity and inactive
-Dropout. Anything else is declared unsupported (:func:`unsupported_reason` says why) and
-``engine="auto"`` picks the next engine; the operator's ``.engine`` names the one that ran.
+the element-wise activations of ``SMOOTH`` and ``PIECEWISE_LINEAR`` (``inplace=True`` ones are
+applied out of place), MaxPool2d, AdaptiveMaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten,
+Unflatten, Identity and inactive Dropout, but not subclasses of these that override ``forward``.
+Anything else is declared unsupported (:func:`unsupported_reason` says why; :func:`supports`
+never raises) and ``engine="auto"`` picks the next engine; the operator's ``.engine`` names the
+one that ran.
 
 >>> import torch
 >>> from stabcheck.curvature.problem import Problem

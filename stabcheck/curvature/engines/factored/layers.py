@@ -24,6 +24,7 @@ inactive dropout are linear maps and add nothing.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Callable, Generic, Optional, Protocol, TypeVar
 
@@ -379,6 +380,11 @@ class ElementwiseRule(LayerRule[ElementwiseState]):
     keys = ()
 
     def __init__(self, module: nn.Module, prefix: str):
+        if getattr(module, "inplace", False):
+            # σ is differentiated at a leaf copy of its input, which autograd forbids overwriting;
+            # σ is element-wise, so the out-of-place copy is the same map.
+            module = copy.copy(module)
+            module.inplace = False
         self.module = module
         self.smooth = isinstance(module, SMOOTH)
 

@@ -37,6 +37,10 @@ def rule_for(module: nn.Module, prefix: str) -> LayerRule:
     label = module_label(prefix)
     if module._forward_hooks or module._forward_pre_hooks:
         raise UnsupportedModel(f"module {label!r} has forward hooks")
+    base = next(c for c in type(module).__mro__ if c.__module__.startswith("torch.nn."))
+    if base is not nn.Module and not type(module).forward.__module__.startswith("torch.nn."):
+        # The rules below match by class; a subclass with its own forward may compute anything else.
+        raise UnsupportedModel(f"module {label!r} ({type(module).__name__}) overrides {base.__name__}.forward")
     if type(module) is nn.Linear:
         return LinearRule(module, prefix)
     if type(module) is nn.Conv2d:
@@ -88,6 +92,8 @@ def unsupported_reason(problem: Problem) -> str | None:
             _PLANS[problem] = plan
         except UnsupportedModel as exc:
             _PLANS[problem] = str(exc)
+        except Exception as exc:  # supports() answers False, never raises (the SigmaEngine contract)
+            _PLANS[problem] = f"the factored pass failed on two samples ({type(exc).__name__}: {exc})"
     entry = _PLANS[problem]
     return entry if isinstance(entry, str) else None
 
