@@ -1,12 +1,13 @@
-"""Root pytest configuration: command-line options, GPU/scale skips, and the claim report.
+"""Root pytest configuration: the options every suite shares and the plugins it loads.
 
-Options (all also shown by ``pytest --help`` under "stabcheck"):
-  --device       torch device for measurements and training (default cpu)
-  --seed         base seed every random draw derives from (default 0)
-  --scale        small (default, CPU in minutes) or paper (PAPER.md §3, GPU)
-  --data-dir     a torchvision dataset root to look in first (env STABCHECK_DATA_DIR)
-  --cache-dir    where trained minima are cached (env STABCHECK_CACHE_DIR, default .cache/minima)
-  --report-dir   where a claims run writes its report (default reports/run-<time>)
+Options here (``pytest --help``, group "stabcheck"): ``--device``, ``--data-dir``, ``--cache-dir``.
+The claims' own options (``--scale``, ``--seed``, ``--seeds-per-setting``, ``--budget``,
+``--report-dir``) are declared and read by :mod:`claims.options`.
+
+Plugins: ``fixtures.data`` and ``fixtures.minima`` (datasets and trained minima, for tests and
+claims); ``claims.options``, ``claims.schedule`` (cost estimate, ``--budget``) and
+``claims.report_plugin`` (the ``claim`` fixture and the run's report). The claims' fixtures and
+parametrisation live in ``claims/conftest.py``.
 """
 from __future__ import annotations
 
@@ -17,24 +18,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent
 
-# Every module in fixtures/ is a fixture plugin shared by all claims and tests.
-pytest_plugins = sorted(
-    f"fixtures.{p.stem}" for p in (ROOT / "fixtures").glob("*.py") if not p.stem.startswith("_")
-)
+pytest_plugins = ["fixtures.data", "fixtures.minima", "claims.options", "claims.schedule", "claims.report_plugin"]
 
 
 def pytest_addoption(parser):
     group = parser.getgroup("stabcheck")
     group.addoption("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
-    group.addoption("--seed", type=int, default=0, help="base seed for every random draw (default: 0)")
-    group.addoption("--scale", choices=("small", "paper"), default="small",
-                    help="small: CPU profile in minutes (default); paper: the settings of PAPER.md §3")
     group.addoption("--data-dir", default=os.environ.get("STABCHECK_DATA_DIR"),
                     help="torchvision dataset root searched first (env STABCHECK_DATA_DIR)")
     group.addoption("--cache-dir", default=os.environ.get("STABCHECK_CACHE_DIR", str(ROOT / ".cache" / "minima")),
                     help="cache folder for trained minima (env STABCHECK_CACHE_DIR; default .cache/minima)")
-    group.addoption("--report-dir", default=None,
-                    help="folder for claims.json / claims.md of a claims run (default: reports/run-<time>)")
 
 
 def pytest_configure(config):
@@ -50,31 +43,7 @@ def pytest_configure(config):
             raise pytest.UsageError("--device cuda was given but torch sees no CUDA device; use --device cpu")
 
 
-def pytest_collection_modifyitems(config, items):
-    import torch
-
-    has_gpu = torch.cuda.is_available() and config.getoption("--device").startswith("cuda")
-    paper = config.getoption("--scale") == "paper"
-    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU: run with --device cuda on a GPU machine (scripts/gpu_check.sh)")
-    skip_paper = pytest.mark.skip(reason="paper-scale case: run with --scale paper (on a GPU)")
-    for item in items:
-        # markers, not keywords: a parametrize id such as "paper" is a keyword too
-        if item.get_closest_marker("gpu") and not has_gpu:
-            item.add_marker(skip_gpu)
-        if item.get_closest_marker("paper") and not paper:
-            item.add_marker(skip_paper)
-
-
 @pytest.fixture(scope="session")
 def device(pytestconfig) -> str:
+    """``--device``: where minima are trained and measured."""
     return pytestconfig.getoption("--device")
-
-
-@pytest.fixture(scope="session")
-def base_seed(pytestconfig) -> int:
-    return pytestconfig.getoption("--seed")
-
-
-@pytest.fixture(scope="session")
-def scale(pytestconfig) -> str:
-    return pytestconfig.getoption("--scale")

@@ -4,7 +4,8 @@ Minima reachable by SGD(η, B) lie in the box [0, 2/η] × [0, √(B(n−1)/(n�
 B only the s side; the s side tends to √B/η as n → ∞; GD (B = n) has no s bound. Settings with equal
 η/B therefore have different boxes and select different minima (the one with larger η is flatter).
 
-Sections: "the box: formulas" (CPU, exact) and "trained nets" (equal-η/B pairs of SGD minima).
+Sections: "the box: formulas" (CPU, exact) and "trained nets" (equal-η/B pairs of SGD minima: the C3
+plan of ``claims/profiles.py``, small: (η, B) = (0.1, 2) vs (0.5, 10); paper: (0.1, 10) vs (0.5, 50)).
 """
 import math
 
@@ -12,6 +13,8 @@ import pytest
 import torch
 
 import stabcheck
+from claims.measured import require_minimum
+from claims.suite import case_id
 from stabcheck.experiments.toys import QuadraticToy
 
 N = 1000
@@ -130,31 +133,29 @@ def test_box_sides_are_where_theorem1_reaches_one_in_d1(claim, batch_size):
 
 
 # ---- trained nets -------------------------------------------------------------------------------
-# Equal-η/B pairs of the profile (small: (η, B) = (0.1, 2) vs (0.5, 10); paper: (0.1, 10) vs (0.5, 50)),
-# trained from the same seed; the minima come from the shared cache of the trained-net claims.
-from claims.trained import Grids, case_id, grids, measured_minimum, require_minimum  # noqa: E402,F401 (fixtures)
-
-
-def equal_ratio_pairs(g: Grids) -> list[tuple]:
-    configs = g.equal_ratio_configs()
-    return list(zip(configs[0::2], configs[1::2]))
-
-
-def pytest_generate_tests(metafunc):
-    if "ratio_pair" in metafunc.fixturenames:
-        g = Grids.of(metafunc.config)
-        pairs = equal_ratio_pairs(g)
-        ids = [f"lr={a.lr:g}-B={a.batch_size}-vs-lr={b.lr:g}-B={b.batch_size}-seed={a.seed}" for a, b in pairs]
-        metafunc.parametrize("ratio_pair", g.params(pairs, ids))
+# Pairs with equal η/B trained from the same seed; the minima come from the run's shared cache.
+def equal_ratio_pairs(suite) -> dict:
+    """id → (smaller-η config, larger-η config): the C3 plan's settings grouped by (η/B, seed)."""
+    groups: dict[tuple, list] = {}
+    for c in suite.configs("C3"):
+        groups.setdefault((round(c.lr / c.batch_size, 12), c.seed), []).append(c)
+    pairs = {}
+    for group in groups.values():
+        small_lr, large_lr = sorted(group, key=lambda c: c.lr)
+        pairs[f"lr={small_lr.lr:g}-B={small_lr.batch_size}-vs-lr={large_lr.lr:g}-B={large_lr.batch_size}"
+              f"-seed={small_lr.seed}"] = (small_lr, large_lr)
+    return pairs
 
 
 @pytest.mark.slow
 @pytest.mark.claim("C3")
-def test_equal_lr_over_b_larger_lr_selects_flatter_minimum(claim, grids, measured_minimum, ratio_pair):
+@pytest.mark.cases(ratio_pair=equal_ratio_pairs)
+def test_equal_lr_over_b_larger_lr_selects_flatter_minimum(claim, suite, measured_minimum, ratio_pair):
     """Same η/B, same seed: the run with the larger η ends at the smaller sharpness a, and each minimum
     lies in its own box (a ≤ 1.05·2/η, s ≤ 1.1·bound: C5's per-solution and C7's margins, since GD and
     SGD stop somewhere on their edge-of-stability oscillation)."""
-    small_lr, large_lr = sorted(ratio_pair, key=lambda c: c.lr)
+    small_lr, large_lr = ratio_pair
+    edge_ceiling, s_over = suite.threshold("C3", "edge ceiling"), suite.threshold("C3", "s over")
     m_small, m_large = claim.measure(lambda: [measured_minimum(c) for c in (small_lr, large_lr)])
     claim.record(
         measured={"a (smaller lr)": m_small.a.value, "a (larger lr)": m_large.a.value,
@@ -163,11 +164,12 @@ def test_equal_lr_over_b_larger_lr_selects_flatter_minimum(claim, grids, measure
         expected={"a (larger lr) below a (smaller lr)": True, "2/eta": [m_small.a_bound, m_large.a_bound],
                   "s bound": [m_small.s_bound, m_large.s_bound]},
         seed=small_lr.seed, dtype=m_small.a.dtype, minima=[m_small.point(), m_large.point()],
-        grids=grids.describe())
+        grids=suite.describe())
     for m in (m_small, m_large):
         require_minimum(m)
-        assert m.edge_ratio <= 1.05, f"{case_id(m.config)}: a·η/2 = {m.edge_ratio:.3f} outside its box"
-        assert m.s_ratio <= 1.1, f"{case_id(m.config)}: s/bound = {m.s_ratio:.3f} outside its box"
+        assert m.edge_ratio <= edge_ceiling, (f"{case_id(m.config)}: a·η/2 = {m.edge_ratio:.3f} > {edge_ceiling}: "
+                                              "outside its box")
+        assert m.s_ratio <= s_over, f"{case_id(m.config)}: s/bound = {m.s_ratio:.3f} > {s_over}: outside its box"
     assert m_large.a.value < m_small.a.value, (
         f"equal η/B = {small_lr.lr / small_lr.batch_size:g}: η = {large_lr.lr:g} reached a = {m_large.a.value:.4g}, "
         f"not flatter than η = {small_lr.lr:g} with a = {m_small.a.value:.4g}")

@@ -10,6 +10,8 @@ import pytest
 import torch
 
 import stabcheck
+from claims.measured import cpu_threads, require_minimum
+from claims.suite import case_id
 from stabcheck.curvature.exact import sample_hessians
 from stabcheck.experiments.toys import AppendixBToy, OneDimensionalExample, QuadraticToy
 
@@ -70,19 +72,10 @@ def test_power_iteration_converges_on_toys(claim, base_seed, name, quantity):
 # ---- trained nets -----------------------------------------------------------------------------------
 # The batch grid's minima of the first seed (GD and SGD at η = 0.1 on the profile's FNN): power
 # iteration (the paper's solver) and Lanczos (stabcheck's default) on the trained H and Σ.
-from claims.trained import Grids, case_id, cpu_threads, grids, measured_minimum, require_minimum  # noqa: E402,F401
-
-
-def trained_configs(g: Grids) -> list:
-    configs = g.configs(g.profile.batch)
+def trained_configs(suite) -> list:
+    configs = suite.configs("C6")
     first = min(c.seed for c in configs)
     return [c for c in configs if c.seed == first]
-
-
-def pytest_generate_tests(metafunc):
-    if "trained_config" in metafunc.fixturenames:
-        g = Grids.of(metafunc.config)
-        metafunc.parametrize("trained_config", g.config_params(trained_configs(g)))
 
 
 def both_solvers(problem, seed):
@@ -95,7 +88,8 @@ def both_solvers(problem, seed):
 
 @pytest.mark.slow
 @pytest.mark.claim("C12")
-def test_power_iteration_converges_on_trained_minima(claim, grids, measured_minimum, trained_minimum, device,
+@pytest.mark.cases(trained_config=trained_configs)
+def test_power_iteration_converges_on_trained_minima(claim, suite, measured_minimum, trained_minimum, device,
                                                      base_seed, trained_config):
     """On a trained minimum power iteration meets the paper's rule (relative change ≤ 1e-3) within 50
     iterations for H and for Σ, and agrees with Lanczos to 1e-2: the power iterate's Rayleigh-quotient
@@ -114,7 +108,7 @@ def test_power_iteration_converges_on_trained_minima(claim, grids, measured_mini
            "seconds H": runs["H", "power"].wall_time, "seconds Sigma": runs["Sigma", "power"].wall_time},
         expected={"iterations at most": MAXITER, "power vs lanczos at most": 10 * TOL},
         seed=base_seed, dtype=runs["H", "power"].dtype, note=f"Σ engine {runs['Sigma', 'power'].engine}",
-        grids=grids.describe())
+        grids=suite.describe())
     for (quantity, method), r in runs.items():
         assert r.converged and r.iterations <= MAXITER, (
             f"{case_id(trained_config)}: {method} on {quantity} not converged after {r.iterations} iterations "

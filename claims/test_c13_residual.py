@@ -5,9 +5,9 @@ BatchNorm, and their data break both stability bounds by large factors: the Hess
 eval mode, a different function from the one trained. So the bounds are asserted only for the
 BatchNorm-free variant; for BatchNorm they are measured and recorded as the known exception.
 
-Variants (the ``residual`` grids of ``stabcheck.experiments.setups``): BatchNorm-free and BatchNorm. Small scale:
-the fully connected ResidualFNN on FashionMNIST (the conv ResNet is too slow on the CI CPU); paper
-scale: the ResNet-14 on CIFAR-10.
+Variants (the grids of the C13 plan, ``claims/profiles.py``): BatchNorm-free and BatchNorm. Small
+scale: the fully connected ResidualFNN on FashionMNIST (the conv ResNet is too slow on the CI CPU);
+paper scale: the ResNet-14 on CIFAR-10.
 
 * Correlation: Pearson r(a, s) over a variant's solutions ≥ 0.9 (small) / 0.95 (paper), as C8.
 * Trend: the mean a and the mean s over seeds fall with each smaller B, and Kendall's τ between B
@@ -17,89 +17,88 @@ scale: the ResNet-14 on CIFAR-10.
   s ≤ 1.1 × bound (C7's margin). BatchNorm: the factor by which each bound is broken is recorded.
 
 Minima: with BatchNorm, SGD's train-mode mini-batch loss stays near 1e-2 while its eval-mode loss
-is about 1e-3 (``stabcheck.experiments.setups``), so those runs end at their iteration cap. They count as minima
-when the eval-mode training loss — the function whose Hessian is measured — is at most 5·tol, 20×
-below its value at initialisation (≈ 0.1); the status is recorded.
+is about 1e-3 (measured: ``reports/README.md``), so those runs end at their iteration cap. They count
+as minima when the eval-mode training loss — the function whose Hessian is measured — is at most
+5·tol; the status is recorded.
 """
 
 import pytest
 from scipy import stats
 
-from claims.trained import (Grids, case_id, grids, measured_minimum, monotone_trend,  # noqa: F401 (fixtures)
-                            require_minimum)
+from claims.measured import require_minimum
+from claims.suite import case_id
+from claims.trends import monotone_trend
 
 pytestmark = pytest.mark.slow  # trains nets on a cold cache (minutes on the CI CPU)
-
-MIN_R = {"small": 0.9, "paper": 0.95}
-ALPHA = 0.05
-EDGE_CEILING = 1.05     # BatchNorm-free: a·η/2 at most this (C5)
-S_OVER = 1.1            # BatchNorm-free: s/bound at most this (C7)
-BN_EVAL_LOSS = 5.0      # BatchNorm SGD at its cap counts as a minimum when eval loss ≤ this × tol
 
 
 def batch_norm(config) -> bool:
     return dict(config.setup.model_options).get("batch_norm", False)
 
 
-def require(m) -> None:
-    require_minimum(m, BN_EVAL_LOSS * m.config.setup.tol if batch_norm(m.config) else None)
+def require(suite, m) -> None:
+    limit = suite.threshold("C13", "bn eval loss") * m.config.setup.tol
+    require_minimum(m, limit if batch_norm(m.config) else None)
 
 
-def variants(g: Grids) -> dict[str, list]:
-    return {grid.setup: g.configs(grid) for grid in g.profile.residual}
+def variants(suite) -> dict[str, list]:
+    groups: dict[str, list] = {}
+    for c in suite.configs("C13"):
+        groups.setdefault(c.setup.name, []).append(c)
+    return groups
 
 
-def pytest_generate_tests(metafunc):
-    g = Grids.of(metafunc.config)
-    groups = variants(g)
-    if "variant_configs" in metafunc.fixturenames:
-        metafunc.parametrize("variant_configs", g.params(list(groups.values()), list(groups)))
-    if "residual_config" in metafunc.fixturenames:
-        metafunc.parametrize("residual_config", g.config_params([c for cs in groups.values() for c in cs]))
+def residual_configs(suite) -> list:
+    return suite.configs("C13")
 
 
 @pytest.mark.claim("C13")
-def test_residual_sharpness_and_nonuniformity_correlate(claim, grids, measured_minimum, variant_configs):
+@pytest.mark.cases(variant_configs=variants)
+def test_residual_sharpness_and_nonuniformity_correlate(claim, suite, measured_minimum, variant_configs):
     """Pearson r(a, s) over the variant's solutions ≥ 0.9 (small) / 0.95 (paper)."""
+    min_r = suite.threshold("C13", "min r")
     minima = claim.measure(lambda: [measured_minimum(c) for c in variant_configs])
     r = float(stats.pearsonr([m.a.value for m in minima], [m.s.value for m in minima]).statistic)
-    min_r = MIN_R[grids.profile.name]
     claim.record(measured={"r(a, s)": r, "solutions": len(minima)}, expected={"r at least": min_r},
-                 minima=[m.point() for m in minima], grids=grids.describe())
+                 minima=[m.point() for m in minima], grids=suite.describe())
     for m in minima:
-        require(m)
+        require(suite, m)
     assert r >= min_r, f"{variant_configs[0].setup.name}: r(a, s) = {r:.4f} < {min_r}"
 
 
 @pytest.mark.claim("C13")
-def test_residual_batch_size_trend(claim, grids, measured_minimum, variant_configs):
+@pytest.mark.cases(variant_configs=variants)
+def test_residual_batch_size_trend(claim, suite, measured_minimum, variant_configs):
     """Mean a and mean s fall with each smaller B; Kendall τ(B, ·) > 0 at one-sided level 0.05."""
+    alpha = suite.threshold("C13", "alpha")
     minima = claim.measure(lambda: [measured_minimum(c) for c in variant_configs])
     sizes = sorted({m.config.batch_size for m in minima})
-    measured, failures = monotone_trend(minima, "batch_size", rising=True, alpha=ALPHA)
-    claim.record(measured=measured, expected={"B": sizes, "p below": ALPHA},
-                 minima=[m.point() for m in minima], grids=grids.describe())
+    measured, failures = monotone_trend(minima, "batch_size", rising=True, alpha=alpha)
+    claim.record(measured=measured, expected={"B": sizes, "p below": alpha},
+                 minima=[m.point() for m in minima], grids=suite.describe())
     for m in minima:
-        require(m)
+        require(suite, m)
     assert not failures, f"{variant_configs[0].setup.name}: " + "; ".join(failures)
 
 
 @pytest.mark.claim("C13")
-def test_residual_bounds(claim, grids, measured_minimum, residual_config):
+@pytest.mark.cases(residual_config=residual_configs)
+def test_residual_bounds(claim, suite, measured_minimum, residual_config):
     """BatchNorm-free: a·η/2 ≤ 1.05, s ≤ 1.1 × bound. BatchNorm: the bounds are measured and the
     factors by which they are broken recorded as the known exception."""
+    edge_ceiling, s_over = suite.threshold("C13", "edge ceiling"), suite.threshold("C13", "s over")
     m = claim.measure(measured_minimum, residual_config)
     with_bn = batch_norm(residual_config)
     broken = [f"a·η/2 = {m.edge_ratio:.3g}"] * (m.edge_ratio > 1) + [f"s/bound = {m.s_ratio:.3g}"] * (m.s_ratio > 1)
     note = ("known exception (BatchNorm: eval-mode Hessian of a net trained in train mode): "
             + (", ".join(broken) if broken else "no bound broken here")) if with_bn else ""
     claim.record(measured={**m.measured(), "final eval loss": m.minimum.record["final_loss"]},
-                 expected={**m.bounds(), "a eta/2 at most": None if with_bn else EDGE_CEILING,
-                           "s/bound at most": None if with_bn else S_OVER},
-                 seed=residual_config.seed, dtype=m.a.dtype, note=note, minimum=m.point(), grids=grids.describe())
-    require(m)
+                 expected={**m.bounds(), "a eta/2 at most": None if with_bn else edge_ceiling,
+                           "s/bound at most": None if with_bn else s_over},
+                 seed=residual_config.seed, dtype=m.a.dtype, note=note, minimum=m.point(), grids=suite.describe())
+    require(suite, m)
     if not with_bn:
-        assert m.edge_ratio <= EDGE_CEILING, (f"{case_id(residual_config)}: a = {m.a.value:.4g}, "
-                                              f"a·η/2 = {m.edge_ratio:.3f} > {EDGE_CEILING}")
-        assert m.s_ratio <= S_OVER, (f"{case_id(residual_config)}: s = {m.s.value:.4g} > {S_OVER} × bound "
+        assert m.edge_ratio <= edge_ceiling, (f"{case_id(residual_config)}: a = {m.a.value:.4g}, "
+                                              f"a·η/2 = {m.edge_ratio:.3f} > {edge_ceiling}")
+        assert m.s_ratio <= s_over, (f"{case_id(residual_config)}: s = {m.s.value:.4g} > {s_over} × bound "
                                      f"{m.s_bound:.4g} (s/bound = {m.s_ratio:.3f})")

@@ -3,11 +3,11 @@
 Heavy-ball GD with momentum μ (v ← μv + ∇f, x ← x − ηv) is linearly stable at x* iff
 a ≤ 2(1 + μ)/η, and lands at a ≈ 2(1 + μ)/η; with SGD, a and s fall as μ grows.
 
-* Heavy-ball GD (the ``momentum_gd`` grid): every solution a ≤ 1.05·2(1+μ)/η, and the mean over seeds
-  at each (η, μ) ≤ 1.02·2(1+μ)/η — C5's ceilings, for the same reason (GD stops inside its edge
-  oscillation). In the edge regime a ≥ 0.85·2(1+μ)/η; the regime by C5's rule: GD or heavy ball at
+* Heavy-ball GD (the GD grid of the C14 plan, ``claims/profiles.py``): every solution
+  a ≤ 1.05·2(1+μ)/η, and the mean over seeds at each (η, μ) ≤ 1.02·2(1+μ)/η — C5's ceilings, for
+  the same reason (GD stops inside its edge oscillation). In the edge regime a ≥ 0.85·2(1+μ)/η; the regime by C5's rule: GD or heavy ball at
   another setting of the same setup reached a minimum sharper than 2(1+μ)/η.
-* SGD (the ``momentum_sgd`` grid, fixed η and B): the mean a and the mean s over seeds fall with each
+* SGD (the plan's SGD grid, fixed η and B): the mean a and the mean s over seeds fall with each
   larger μ, and Kendall's τ between μ and each over all solutions is negative at one-sided level
   0.05 (3 seeds per μ leave a pairwise t-test without power; τ uses every solution at once).
 
@@ -17,99 +17,100 @@ import statistics
 
 import pytest
 
-from claims.trained import (Grids, case_id, grids, measured_minimum, monotone_trend, require_minimum,  # noqa: F401 (fixtures)
-                            sharpest_found)
+from claims.measured import require_minimum
+from claims.suite import case_id
+from claims.trends import monotone_trend, sharpest_found
 
 pytestmark = pytest.mark.slow  # trains nets on a cold cache (minutes on the CI CPU)
-
-SINGLE_CEILING = 1.05
-MEAN_CEILING = 1.02
-EDGE_FLOOR = 0.85
-ALPHA = 0.05
 
 
 def heavy_ball_bound(config) -> float:
     return 2 * (1 + config.momentum) / config.lr
 
 
-def full_batch_configs(g: Grids, setup: str) -> list:
-    """GD and heavy-ball GD minima on one setup (C5's and C14's grids)."""
-    p = g.profile
-    configs = g.configs(p.momentum_gd) + g.configs(p.gd_lrs)
-    return [c for c in dict.fromkeys(configs) if c.setup.name == setup]
+def heavy_ball_configs(suite) -> list:
+    return [c for c in suite.configs("C14") if c.is_gd]
 
 
-def hb_groups(g: Grids) -> dict[str, list]:
+def full_batch_configs(suite, setup: str) -> list:
+    """GD and heavy-ball GD minima on one setup (C14's and C5's grids)."""
+    return [c for c in suite.configs("C14", "C5") if c.is_gd and c.setup.name == setup]
+
+
+def hb_groups(suite) -> dict[str, list]:
     groups: dict[str, list] = {}
-    for c in g.configs(g.profile.momentum_gd):
+    for c in heavy_ball_configs(suite):
         groups.setdefault(f"{c.setup.name}-lr={c.lr:g}-mu={c.momentum:g}", []).append(c)
     return groups
 
 
-def pytest_generate_tests(metafunc):
-    g = Grids.of(metafunc.config)
-    if "hb_config" in metafunc.fixturenames:
-        metafunc.parametrize("hb_config", g.config_params(g.configs(g.profile.momentum_gd)))
-    if "hb_group" in metafunc.fixturenames:
-        groups = hb_groups(g)
-        metafunc.parametrize("hb_group", g.params(list(groups.values()), list(groups)))
-    if "sgd_momentum_configs" in metafunc.fixturenames:
-        configs = g.configs(g.profile.momentum_sgd)
-        c = configs[0]
-        metafunc.parametrize("sgd_momentum_configs", g.params([configs], [f"{c.setup.name}-lr={c.lr:g}-B={c.batch_size}"]))
+def sgd_momentum_groups(suite) -> dict[str, list]:
+    """One case per (setup, η, B) of the plan's SGD grid, holding every μ and seed."""
+    groups: dict[str, list] = {}
+    for c in suite.configs("C14"):
+        if not c.is_gd:
+            groups.setdefault(f"{c.setup.name}-lr={c.lr:g}-B={c.batch_size}", []).append(c)
+    return groups
 
 
-def regime(g: Grids, measured_minimum, config) -> tuple[bool, float]:
+def regime(suite, measured_minimum, config) -> tuple[bool, float]:
     """(edge regime?, sharpest full-batch minimum of the setup at another (η, μ))."""
-    others = [c for c in full_batch_configs(g, config.setup.name) if (c.lr, c.momentum) != (config.lr, config.momentum)]
+    others = [c for c in full_batch_configs(suite, config.setup.name)
+              if (c.lr, c.momentum) != (config.lr, config.momentum)]
     sharpest = sharpest_found([measured_minimum(c) for c in others])
     return sharpest > heavy_ball_bound(config), sharpest
 
 
 @pytest.mark.claim("C14")
-def test_heavy_ball_gd_at_its_edge(claim, grids, measured_minimum, hb_config):
+@pytest.mark.cases(hb_config=heavy_ball_configs)
+def test_heavy_ball_gd_at_its_edge(claim, suite, measured_minimum, hb_config):
     """a ≤ 1.05·2(1+μ)/η; in the edge regime a ≥ 0.85·2(1+μ)/η."""
+    ceiling, floor = suite.threshold("C14", "single ceiling"), suite.threshold("C14", "edge floor")
     m = claim.measure(measured_minimum, hb_config)
     bound = heavy_ball_bound(hb_config)
     ratio = m.a.value / bound
-    edge, sharpest = regime(grids, measured_minimum, hb_config)
+    edge, sharpest = regime(suite, measured_minimum, hb_config)
     claim.record(measured={**m.measured(), "a/(2(1+mu)/eta)": ratio, "regime": "edge" if edge else "landscape-limited",
                            "sharpest full-batch minimum elsewhere": sharpest},
-                 expected={"2(1+mu)/eta": bound, **m.bounds(), "ratio at most": SINGLE_CEILING,
-                           "ratio at least": EDGE_FLOOR if edge else None},
-                 seed=hb_config.seed, dtype=m.a.dtype, minimum=m.point(), grids=grids.describe())
+                 expected={"2(1+mu)/eta": bound, **m.bounds(), "ratio at most": ceiling,
+                           "ratio at least": floor if edge else None},
+                 seed=hb_config.seed, dtype=m.a.dtype, minimum=m.point(), grids=suite.describe())
     require_minimum(m)
-    assert ratio <= SINGLE_CEILING, (f"{case_id(hb_config)}: a = {m.a.value:.4g} > {SINGLE_CEILING} × 2(1+μ)/η = "
-                                     f"{SINGLE_CEILING * bound:.4g} (ratio {ratio:.3f})")
+    assert ratio <= ceiling, (f"{case_id(hb_config)}: a = {m.a.value:.4g} > {ceiling} × 2(1+μ)/η = "
+                              f"{ceiling * bound:.4g} (ratio {ratio:.3f})")
     if edge:
-        assert ratio >= EDGE_FLOOR, (f"{case_id(hb_config)}: edge regime (a = {sharpest:.4g} found elsewhere) but "
-                                     f"a = {m.a.value:.4g} is {ratio:.3f} of 2(1+μ)/η = {bound:.4g} (< {EDGE_FLOOR})")
+        assert ratio >= floor, (f"{case_id(hb_config)}: edge regime (a = {sharpest:.4g} found elsewhere) but "
+                                f"a = {m.a.value:.4g} is {ratio:.3f} of 2(1+μ)/η = {bound:.4g} (< {floor})")
 
 
 @pytest.mark.claim("C14")
-def test_heavy_ball_gd_mean_sharpness(claim, grids, measured_minimum, hb_group):
+@pytest.mark.cases(hb_group=hb_groups)
+def test_heavy_ball_gd_mean_sharpness(claim, suite, measured_minimum, hb_group):
     """Mean a over seeds at each (η, μ) ≤ 1.02·2(1+μ)/η."""
+    ceiling = suite.threshold("C14", "mean ceiling")
     minima = claim.measure(lambda: [measured_minimum(c) for c in hb_group])
     bound = heavy_ball_bound(hb_group[0])
     ratio = statistics.fmean(m.a.value for m in minima) / bound
     claim.record(measured={"mean a": ratio * bound, "mean a/(2(1+mu)/eta)": ratio, "a per seed": [m.a.value for m in minima]},
-                 expected={"2(1+mu)/eta": bound, "ratio at most": MEAN_CEILING},
-                 minima=[m.point() for m in minima], grids=grids.describe())
+                 expected={"2(1+mu)/eta": bound, "ratio at most": ceiling},
+                 minima=[m.point() for m in minima], grids=suite.describe())
     for m in minima:
         require_minimum(m)
-    assert ratio <= MEAN_CEILING, f"mean a = {ratio * bound:.4g} is {ratio:.3f} × 2(1+μ)/η > {MEAN_CEILING}"
+    assert ratio <= ceiling, f"mean a = {ratio * bound:.4g} is {ratio:.3f} × 2(1+μ)/η > {ceiling}"
 
 
 @pytest.mark.claim("C14")
-def test_sgd_sharpness_and_nonuniformity_fall_with_momentum(claim, grids, measured_minimum, sgd_momentum_configs):
+@pytest.mark.cases(sgd_momentum_configs=sgd_momentum_groups)
+def test_sgd_sharpness_and_nonuniformity_fall_with_momentum(claim, suite, measured_minimum, sgd_momentum_configs):
     """Mean a and mean s fall with each larger μ; Kendall τ(μ, ·) < 0 at one-sided level 0.05."""
+    alpha = suite.threshold("C14", "alpha")
     minima = claim.measure(lambda: [measured_minimum(c) for c in sgd_momentum_configs])
     momenta = sorted({m.config.momentum for m in minima})
-    measured, failures = monotone_trend(minima, "momentum", rising=False, alpha=ALPHA)
+    measured, failures = monotone_trend(minima, "momentum", rising=False, alpha=alpha)
     lr = sgd_momentum_configs[0].lr
-    claim.record(measured=measured, expected={"mu": momenta, "p below": ALPHA,
+    claim.record(measured=measured, expected={"mu": momenta, "p below": alpha,
                                               "2(1+mu)/eta per mu": [2 * (1 + mu) / lr for mu in momenta]},
-                 minima=[m.point() for m in minima], grids=grids.describe(),
+                 minima=[m.point() for m in minima], grids=suite.describe(),
                  note="theorem1 in the minima is plain SGD's (mu = 0), for reference")
     for m in minima:
         require_minimum(m)

@@ -16,7 +16,7 @@ import torch
 import stabcheck
 from stabcheck.experiments import minima
 from stabcheck.experiments.minima import MinimaCache, cache_key
-from stabcheck.experiments.setups import Setup, profile
+from stabcheck.experiments.setups import Setup
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = Setup("tiny", "fashion_mnist", 20, "fnn", (("widths", (8,)),), tol=1e-2, max_iters=400)
@@ -65,34 +65,9 @@ def test_changed_trainer_version_is_a_miss(tmp_path, monkeypatch):
     assert not cache.get(config).from_cache and cache.misses == 1
 
 
-def test_fixture_factory_and_profile(trained_minimum, scale_profile, scale):
-    assert scale_profile.name == scale
+def test_fixture_factory_holds_each_minimum(trained_minimum):
     m = trained_minimum(TINY.config(lr=0.5, batch_size=None, seed=0))
     assert trained_minimum(m.config) is m  # held for the session
-
-
-@pytest.mark.parametrize("name", ["small", "paper"], ids=["small-profile", "paper-profile"])
-def test_profiles_are_complete(name):
-    p = profile(name)
-    configs = p.minima()
-    assert len(configs) == len(set(configs)) and all(c.setup.name in p.setups for c in configs)
-    assert len({c.label for c in configs}) == len(configs)  # readable ids are unique
-    assert any(c.momentum > 0 for c in configs) and any(c.is_gd for c in configs)
-    assert {c.setup.model_options for c in configs if c.setup.model.startswith("res")} >= {
-        s.model_options for s in p.setups.values() if s.model.startswith("res")}
-    assert p.batch.batch_sizes[0] is not None and None in p.batch.batch_sizes  # small B and GD at fixed η
-    for (lr1, b1), (lr2, b2) in p.equal_ratio:
-        assert lr1 / b1 == pytest.approx(lr2 / b2) and lr1 != lr2
-
-
-def test_paper_profile_is_the_papers_settings():
-    p = profile("paper")
-    fnn, vgg = p.setups["fnn"], p.setups["vgg"]
-    assert (fnn.dataset, fnn.n, dict(fnn.model_options)["widths"], fnn.tol, fnn.loss) == \
-        ("fashion_mnist", 1000, (500, 500, 500), 1e-4, "mse")
-    assert (vgg.dataset, vgg.n, vgg.model, vgg.tol) == ("cifar10", 1000, "vgg", 1e-4)
-    assert {0.01, 0.05, 0.1, 0.5, 1.0, 5.0} <= set(p.gd_lrs.lrs) and set(p.batch.batch_sizes) >= {10, 100, None}
-    assert len(p.gd_lrs.seeds) == 5
 
 
 @pytest.mark.slow

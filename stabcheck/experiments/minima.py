@@ -40,8 +40,8 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 def cache_key(config: MinimumConfig, device: str | torch.device = "cpu", dtype: str = "float32") -> str:
     """Hex digest naming the cached minimum of ``config`` trained on ``device`` in ``dtype``.
 
-    >>> from stabcheck.experiments.setups import profile
-    >>> c = profile("small").setups["fnn"].config(0.1, None, 0)
+    >>> from stabcheck.experiments.setups import Setup
+    >>> c = Setup("fnn", "fashion_mnist", 100, "fnn", (("widths", (50, 50)),)).config(0.1, None, 0)
     >>> cache_key(c) == cache_key(c), cache_key(c) == cache_key(c.with_(seed=1))
     (True, False)
     """

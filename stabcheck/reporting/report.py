@@ -1,4 +1,20 @@
-"""The report of a claims run: ``claims.json`` (one row per test case) and ``claims.md`` (tables)."""
+"""The report of a claims run: ``claims.json`` and ``claims.md``.
+
+``claims.json`` holds ``summary`` (one entry per claim: verdict, cases passed of total, the headline
+figure beside the paper's), ``stopped`` (why the run stopped early, or empty), ``cases`` (every case
+of the run with its outcome, those that did not run included), ``rows`` (one per case that recorded
+its measurement) and ``benchmarks``. ``claims.md`` shows the summary first, then a table per claim.
+
+A row may carry ``headline``: a list of ``{"what", "ours", "paper"}``, the paper's number or, as a
+string, why there is none; the summary shows each ``what`` once.
+
+>>> rows = [{"claim": "C5", "test": "t::a", "case": "a", "outcome": "passed",
+...          "headline": [{"what": "mean a at lr=0.1", "ours": 19.2, "paper": 19.6}]}]
+>>> cases = [{"claim": "C5", "test": "t::a", "case": "a", "outcome": "passed"},
+...          {"claim": "C5", "test": "t::b", "case": "b", "outcome": "not run"}]
+>>> [summary_line(s) for s in summarise(rows, cases)]
+['C5: partial, 1 of 2 cases passed; mean a at lr=0.1: ours 19.2, paper 19.6']
+"""
 from __future__ import annotations
 
 import json
@@ -26,12 +42,69 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def write_report(folder: Path, rows: list[dict], benchmarks: list[dict]) -> Path:
+NO_PAPER_NUMBER = "paper gives no number"
+OUTCOMES = ("passed", "failed", "skipped", "not run")
+
+
+def write_report(folder: Path, rows: list[dict], benchmarks: list[dict], cases: list[dict] | None = None,
+                 stopped: str = "") -> Path:
+    """Write ``claims.json`` and ``claims.md`` into ``folder``.
+
+    ``cases``: every case of the run, ``{"claim", "test", "case", "outcome"}`` with an outcome in
+    :data:`OUTCOMES` (and optionally ``"estimate"``, its estimated cost, for those that did not run);
+    by default the cases that recorded a row. ``stopped``: why the run stopped before its end.
+    """
     folder = Path(folder)
     rows = sorted(rows, key=lambda r: (_claim_order(r["claim"]), r["test"]))
-    write_atomic(folder / "claims.json", json.dumps({"rows": rows, "benchmarks": benchmarks}, indent=1))
-    write_atomic(folder / "claims.md", render_markdown(rows, benchmarks))
+    cases = sorted(cases if cases is not None else cases_of(rows), key=lambda c: (_claim_order(c["claim"]), c["test"]))
+    summary = summarise(rows, cases)
+    write_atomic(folder / "claims.json", json.dumps({"summary": summary, "stopped": stopped, "cases": cases,
+                                                     "rows": rows, "benchmarks": benchmarks}, indent=1))
+    write_atomic(folder / "claims.md", render_markdown(rows, benchmarks, summary, cases, stopped))
     return folder
+
+
+def cases_of(rows: list[dict]) -> list[dict]:
+    """The cases of the rows (one per test), as :func:`write_report` takes them."""
+    cases = {r["test"]: {"claim": r["claim"], "test": r["test"], "case": r["case"], "outcome": r["outcome"]}
+             for r in rows}
+    return list(cases.values())
+
+
+def summarise(rows: list[dict], cases: list[dict]) -> list[dict]:
+    """Per claim: verdict (passed / failed / partial / not run), cases passed of total, headline figures."""
+    by_claim: dict[str, list[dict]] = defaultdict(list)
+    for c in cases:
+        by_claim[c["claim"]].append(c)
+    figures: dict[str, dict[str, dict]] = defaultdict(dict)
+    for r in rows:
+        for f in r.get("headline", []):
+            figures[r["claim"]].setdefault(f["what"], f)
+    summary = []
+    for claim in sorted(by_claim, key=_claim_order):
+        outcomes = [c["outcome"] for c in by_claim[claim]]
+        passed, total = outcomes.count("passed"), len(outcomes)
+        verdict = ("failed" if "failed" in outcomes else "passed" if passed == total
+                   else "not run" if passed == 0 else "partial")
+        summary.append({"claim": claim, "verdict": verdict, "passed": passed, "total": total,
+                        "headline": list(figures[claim].values())})
+    return summary
+
+
+def headline_text(figures: list[dict]) -> str:
+    """``what: ours X, paper Y`` per figure; a reason for no paper number is said once at the end."""
+    if not figures:
+        return NO_PAPER_NUMBER
+    reasons = list(dict.fromkeys(f["paper"] for f in figures if isinstance(f["paper"], str)))
+    parts = [f"{f['what']}: ours {_fmt(f['ours'])}" + ("" if isinstance(f["paper"], str) else f", paper {_fmt(f['paper'])}")
+             for f in figures]
+    return "; ".join(parts) + (f" ({'; '.join(reasons)})" if reasons else "")
+
+
+def summary_line(entry: dict) -> str:
+    """One line of the summary, e.g. ``C6: passed, 3 of 3 cases passed; a, s at B=10: ours [...], paper [...]``."""
+    return (f"{entry['claim']}: {entry['verdict']}, {entry['passed']} of {entry['total']} cases passed; "
+            f"{headline_text(entry['headline'])}")
 
 
 def _claim_order(claim: str) -> tuple[int, str]:
@@ -40,6 +113,8 @@ def _claim_order(claim: str) -> tuple[int, str]:
 
 
 def _fmt(v) -> str:
+    if isinstance(v, tuple):
+        v = list(v)
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, list):
@@ -47,17 +122,26 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def render_markdown(rows: list[dict], benchmarks: list[dict]) -> str:
+def render_markdown(rows: list[dict], benchmarks: list[dict], summary: list[dict] | None = None,
+                    cases: list[dict] | None = None, stopped: str = "") -> str:
+    cases = cases if cases is not None else cases_of(rows)
+    summary = summary if summary is not None else summarise(rows, cases)
     by_claim: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_claim[r["claim"]].append(r)
     out = ["# Claim report", ""]
-    total = len(rows)
-    passed = sum(r["outcome"] == "passed" for r in rows)
+    passed = sum(c["outcome"] == "passed" for c in cases)
     if rows:
         r0 = rows[0]
-        out += [f"{passed} of {total} cases passed. Scale `{r0['scale']}`, device `{r0['device']}`, "
+        out += [f"{passed} of {len(cases)} cases passed. Scale `{r0['scale']}`, device `{r0['device']}`, "
                 f"torch {r0['versions']['torch']}, stabcheck {r0['versions']['stabcheck']}.", ""]
+    not_run = [c for c in cases if c["outcome"] == "not run"]
+    if stopped:
+        out += [f"**The run stopped early: {stopped}.** {len(not_run)} cases did not run (listed at the end).", ""]
+    out += ["## Summary", "", "| claim | verdict | cases passed | headline: ours vs the paper |", "|---|---|---|---|"]
+    out += [f"| {s['claim']} | {s['verdict']} | {s['passed']} of {s['total']} | "
+            f"{headline_text(s['headline']).replace('|', '/')} |" for s in summary]
+    out.append("")
     for claim, group in by_claim.items():
         out += [f"## {claim}", "", "| case | measured | paper / bound | verdict | time (s) |", "|---|---|---|---|---|"]
         for r in group:
@@ -65,6 +149,10 @@ def render_markdown(rows: list[dict], benchmarks: list[dict]) -> str:
             exp = ", ".join(f"{k}={_fmt(v)}" for k, v in r["expected"].items()).replace("|", "\\|")
             out.append(f"| `{r['case'] or r['test'].split('::')[-1]}` | {meas} | {exp} | {r['outcome']} | "
                        f"{r.get('duration_s', '')} |")
+        out.append("")
+    if not_run:
+        out += ["## Cases that did not run", "", "| case | claim | estimated cost | why |", "|---|---|---|---|"]
+        out += [f"| `{c['test']}` | {c['claim']} | {c.get('estimate', '')} | {c.get('reason', '')} |" for c in not_run]
         out.append("")
     if benchmarks:
         out += ["## Benchmark timings (pytest-benchmark)", "", "| benchmark | median (s) | rounds |", "|---|---|---|"]

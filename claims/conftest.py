@@ -1,0 +1,49 @@
+"""Fixtures of the claims (tests ask for them by name; no module imports a fixture) and their parametrisation.
+
+* ``suite``: this run's :class:`claims.suite.Suite` (profile of ``--scale``, seeds from ``--seed``
+  and ``--seeds-per-setting``); ``base_seed``: ``--seed``.
+* ``measured_minimum(config)``: the trained minimum (``trained_minimum``, cached on disk) with a, s
+  and Theorem 1 measured once per run however many claims ask.
+* ``claim``: the report recorder (:mod:`claims.report_plugin`).
+* ``@pytest.mark.cases(argument=cases_of)`` parametrises a test from the suite (:func:`claims.suite.parametrize_cases`).
+"""
+from __future__ import annotations
+
+import pytest
+
+from claims.measured import MeasuredMinimum, measure
+from claims.suite import Suite, parametrize_cases, suite_of
+from stabcheck.experiments.setups import MinimumConfig
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "cases(**arguments): parametrise each argument with cases_of(suite) "
+                                       "(claims/suite.py)")
+
+
+def pytest_generate_tests(metafunc):
+    parametrize_cases(metafunc)
+
+
+@pytest.fixture(scope="session")
+def suite(pytestconfig) -> Suite:
+    return suite_of(pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def base_seed(suite) -> int:
+    """``--seed``: every random draw of a claim derives from it."""
+    return suite.base_seed
+
+
+@pytest.fixture(scope="session")
+def measured_minimum(trained_minimum, suite, device):
+    """Factory ``measured_minimum(config) -> MeasuredMinimum``: trained and measured at most once per run."""
+    held: dict[MinimumConfig, MeasuredMinimum] = {}
+
+    def get(config: MinimumConfig) -> MeasuredMinimum:
+        if config not in held:
+            held[config] = measure(trained_minimum(config), suite.profile.measurement, suite.base_seed, device)
+        return held[config]
+
+    return get

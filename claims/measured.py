@@ -1,0 +1,136 @@
+"""A trained minimum with its measured a, s and Theorem 1, and what a claim needs of it.
+
+:func:`measure` is the one place where the trained-net claims call stabcheck's criteria on a
+minimum: a = λmax(H), s = λmax(Σ)^½ and Theorem 1 at the minimum's own (η, B), reusing a's solve.
+The ``measured_minimum`` fixture (``claims/conftest.py``) calls it once per minimum and run.
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+import stabcheck
+from claims.profiles import Measurement
+from claims.suite import case_id
+from stabcheck.experiments.minima import Minimum
+from stabcheck.experiments.setups import MinimumConfig
+
+UNSTABLE = "unstable (a > 2/eta)"
+
+
+def theorem1_entries(t1: stabcheck.Theorem1Result) -> dict:
+    """A row's Theorem-1 entries: the library's verdict and convergence, and "unstable" only where
+    a > 2/η proves it (Theorem 1 is sufficient only: a value above 1 is "not certified")."""
+    entries = {"theorem1": t1.value, "theorem1 verdict": t1.verdict, "theorem1 converged": t1.converged}
+    if t1.sharpness_exceeded:
+        entries["GD criterion"] = UNSTABLE
+    return entries
+
+
+@dataclass(frozen=True)
+class MeasuredMinimum:
+    """A trained minimum with a = λmax(H), s = λmax(Σ)^½ and Theorem 1 at its own (η, B)."""
+
+    minimum: Minimum
+    a: stabcheck.SharpnessResult
+    s: stabcheck.NonUniformityResult
+    theorem1: stabcheck.Theorem1Result
+    seconds: dict[str, float]
+
+    @property
+    def config(self) -> MinimumConfig:
+        return self.minimum.config
+
+    @property
+    def a_bound(self) -> float:
+        """2/η (for heavy ball, C14 uses 2(1 + μ)/η instead)."""
+        return stabcheck.sharpness_bound(self.config.lr)
+
+    @property
+    def s_bound(self) -> float:
+        """√(B(n−1)/(n−B))/η; infinite for GD."""
+        c = self.config
+        return stabcheck.nonuniformity_bound(c.lr, c.batch_size, c.setup.n)
+
+    @property
+    def edge_ratio(self) -> float:
+        """a·η/2."""
+        return self.a.value / self.a_bound
+
+    @property
+    def s_ratio(self) -> float:
+        """s/bound (0 for GD)."""
+        return self.s.value / self.s_bound
+
+    def measured(self) -> dict:
+        """The row's ``measured`` entries every trained-net case reports."""
+        return {"a": self.a.value, "s": self.s.value, "a eta/2": self.edge_ratio, "s/bound": self.s_ratio,
+                **theorem1_entries(self.theorem1), "status": self.minimum.status}
+
+    def bounds(self) -> dict:
+        return {"2/eta": self.a_bound, "s bound": self.s_bound}
+
+    def point(self) -> dict:
+        """Everything the sharpness–non-uniformity diagram and the reader need about this minimum."""
+        c, rec = self.config, self.minimum.record
+        return {"label": case_id(c), "setup": c.setup.name, "lr": c.lr, "B": c.batch_size, "n": c.setup.n,
+                "mu": c.momentum, "seed": c.seed, "a": self.a.value, "s": self.s.value, "2/eta": self.a_bound,
+                "s bound": self.s_bound, "a eta/2": self.edge_ratio, "s/bound": self.s_ratio,
+                **theorem1_entries(self.theorem1),
+                "status": rec["status"], "iterations": rec["iterations"], "final loss": rec["final_loss"],
+                "train s": rec["wall_time"], "measure s": self.seconds,
+                "a converged": self.a.converged, "a iterations": self.a.iterations, "a residual": self.a.residual,
+                "s converged": self.s.converged, "s iterations": self.s.iterations, "s residual": self.s.residual,
+                "sigma engine": self.s.engine, "dtype": self.a.dtype, "device": self.a.device}
+
+
+@contextmanager
+def cpu_threads(device: str, threads: int = 1):
+    """One torch thread on the CPU: these nets are overhead-bound, and on the busy 2-core CI machine
+    two threads made a Σ measurement 5-7× slower than one (measured)."""
+    previous = torch.get_num_threads()
+    if torch.device(device).type == "cpu":
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def measure(minimum: Minimum, how: Measurement, seed: int, device: str) -> MeasuredMinimum:
+    """a, s and Theorem 1 at (η, B) of a trained minimum, Lanczos to ``how.tol`` from start vector ``seed``."""
+    c = minimum.config
+    seconds = {}
+    with cpu_threads(device):
+        problem = minimum.problem(device=device)
+        start = time.perf_counter()
+        a = stabcheck.sharpness(problem, tol=how.tol, maxiter=how.maxiter, seed=seed)
+        seconds["a"] = time.perf_counter() - start
+        start = time.perf_counter()
+        s = stabcheck.non_uniformity(problem, tol=how.tol, maxiter=how.maxiter, seed=seed)
+        seconds["s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        t1 = stabcheck.theorem1(problem, lr=c.lr, batch_size=c.batch_size, tol=how.tol, maxiter=how.maxiter,
+                                seed=seed, sharpness=a)
+        seconds["theorem1"] = time.perf_counter() - start
+    return MeasuredMinimum(minimum, a, s, t1, {k: round(v, 3) for k, v in seconds.items()})
+
+
+def require_minimum(m: MeasuredMinimum, eval_loss_limit: float | None = None) -> None:
+    """A claim about minima needs a converged minimum and converged measurements.
+
+    ``eval_loss_limit``: accept a run that hit its iteration cap when its eval-mode training loss is
+    below this (BatchNorm nets, whose train-mode loss cannot meet the EMA rule; C13).
+    """
+    rec, label = m.minimum.record, case_id(m.config)
+    fitted = eval_loss_limit is not None and rec["final_loss"] <= eval_loss_limit
+    assert rec["status"] == "converged" or fitted, (
+        f"{label}: training ended with status {rec['status']!r} after {rec['iterations']} iterations "
+        f"(EMA loss {rec['ema_loss']:.2e}, eval loss {rec['final_loss']:.2e}, tol {rec['tol']:g}); "
+        "a claim about minima needs a converged minimum")
+    for name, res in (("a", m.a), ("s", m.s)):
+        assert res.converged, (f"{label}: the measurement of {name} did not converge: residual {res.residual:.2e} "
+                               f"> tol {res.tol:g} after {res.iterations} iterations")

@@ -1,0 +1,181 @@
+"""The claims harness: profiles, the suite's seeds and paper numbers, the cost estimate, ``--budget``,
+and the report of runs that stop early (inner pytest runs via ``pytester``)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from claims.options import parse_duration
+from claims.profiles import profile
+from claims.suite import NO_NUMBER, Suite
+from stabcheck.reporting.report import render_markdown, summarise
+
+pytest_plugins = ["pytester"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("name", ["small", "paper"], ids=["small-profile", "paper-profile"])
+def test_profiles_are_complete(name):
+    p = profile(name)
+    configs = p.configs()
+    assert len(configs) == len(set(configs)) and all(c.setup.name in p.setups for c in configs)
+    assert len({c.label for c in configs}) == len(configs)  # readable ids are unique
+    assert any(c.momentum > 0 for c in configs) and any(c.is_gd for c in configs)
+    assert {c.setup.model_options for c in configs if c.setup.model.startswith("res")} >= {
+        s.model_options for s in p.setups.values() if s.model.startswith("res")}
+    batch = p.configs("C6")
+    assert not batch[0].is_gd and any(c.is_gd for c in batch)  # small B and GD at fixed η
+    ratios = {}
+    for c in p.configs("C3"):
+        ratios.setdefault((round(c.lr / c.batch_size, 12), c.seed), set()).add(c.lr)
+    assert all(len(lrs) == 2 for lrs in ratios.values()), f"C3's grids must pair up with equal η/B: {ratios}"
+    for plan in p.plans.values():
+        assert all(t.reason for t in plan.thresholds.values())  # every threshold says why
+
+
+def test_paper_profile_is_the_papers_settings():
+    p = profile("paper")
+    fnn, vgg = p.setups["fnn"], p.setups["vgg"]
+    assert (fnn.dataset, fnn.n, dict(fnn.model_options)["widths"], fnn.tol, fnn.loss) == \
+        ("fashion_mnist", 1000, (500, 500, 500), 1e-4, "mse")
+    assert (vgg.dataset, vgg.n, vgg.model, vgg.tol) == ("cifar10", 1000, "vgg", 1e-4)
+    fnn_gd = [c for c in p.configs("C5") if c.setup.name == "fnn"]
+    assert {c.lr for c in fnn_gd} >= {0.01, 0.05, 0.1, 0.5, 1.0, 5.0} and len({c.seed for c in fnn_gd}) == 5
+    assert {None if c.is_gd else c.batch_size for c in p.configs("C6")} >= {10, 100, None}
+
+
+def test_suite_shifts_and_trims_seeds_and_says_where_the_paper_has_no_number():
+    small = Suite(profile("small"), base_seed=10, seeds_per_setting=1)
+    assert {c.seed for c in small.configs("C6")} == {10}
+    assert small.paper("C5", "mean a", "fnn_gd", 0.1) == profile("small").paper_note
+    paper = Suite(profile("paper"), base_seed=0, seeds_per_setting=None)
+    assert paper.paper("C5", "mean a", "fnn", 0.1) == 19.6
+    assert paper.paper("C6", "a, s", "fnn", (0.1, None)) == (19.7, 45.0)
+    assert paper.paper("C5", "mean a", "vgg", 0.1) == NO_NUMBER
+
+
+def test_durations():
+    assert [parse_duration(t) for t in ("2h", "90m", "3600s", "1h30m")] == [7200, 5400, 3600, 5400]
+    for bad in ("2x", "90", "", "0m"):
+        with pytest.raises(ValueError, match="duration"):
+            parse_duration(bad)
+
+
+def test_summary_verdicts_and_markdown_order():
+    cases = [{"claim": "C1", "test": "a", "case": "", "outcome": "passed"},
+             {"claim": "C2", "test": "b", "case": "", "outcome": "failed"},
+             {"claim": "C2", "test": "c", "case": "", "outcome": "passed"},
+             {"claim": "C3", "test": "d", "case": "", "outcome": "not run", "reason": "budget", "estimate": "≈ 5 s"}]
+    summary = summarise([], cases)
+    assert [(s["claim"], s["verdict"], s["passed"], s["total"]) for s in summary] == \
+        [("C1", "passed", 1, 1), ("C2", "failed", 1, 2), ("C3", "not run", 0, 1)]
+    text = render_markdown([], [], summary, cases, stopped="the budget of 1m was spent after 1m 0s")
+    assert text.index("## Summary") < text.index("## Cases that did not run")
+    assert "The run stopped early: the budget of 1m was spent" in text and "| `d` | C3 | ≈ 5 s | budget |" in text
+
+
+def _inner_run(pytester, monkeypatch, test_source: str, *args):
+    """An inner pytest run with the project's own root conftest (options and claims plugins)."""
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    pytester.makeconftest((ROOT / "conftest.py").read_text())
+    pytester.makepyfile(test_inner=test_source)
+    report = pytester.path / "report"
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--report-dir", str(report), *args)
+    return result, report
+
+
+INTERRUPTED = '''
+import pytest
+
+@pytest.mark.claim("C1")
+def test_done(claim):
+    claim.measure(lambda: 1)
+    claim.record(measured={"x": 1}, expected={"x": 1})
+
+@pytest.mark.claim("C1")
+def test_interrupted(claim):
+    def stop():
+        raise KeyboardInterrupt  # what SIGINT does in the middle of a measurement
+    claim.measure(stop)
+
+@pytest.mark.claim("C2")
+def test_never_reached(claim):
+    claim.record(measured={}, expected={})
+'''
+
+
+def test_interrupted_serial_run_still_writes_its_report(pytester, monkeypatch):
+    """SIGINT inside claim.measure leaves a pytest-benchmark benchmark without data: the report and
+    benchmark.json hold the finished case, and the others are listed as not run."""
+    result, report = _inner_run(pytester, monkeypatch, INTERRUPTED)
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    assert "empty sequence" not in result.stdout.str() + result.stderr.str()
+    benchmarks = json.loads((report / "benchmark.json").read_text())["benchmarks"]
+    assert [b["name"] for b in benchmarks] == ["test_done"]
+    data = json.loads((report / "claims.json").read_text())
+    assert data["stopped"] == "interrupted (Ctrl-C)"
+    assert {c["test"].split("::")[1]: c["outcome"] for c in data["cases"]} == \
+        {"test_done": "passed", "test_interrupted": "not run", "test_never_reached": "not run"}
+    assert [(s["claim"], s["verdict"]) for s in data["summary"]] == [("C1", "partial"), ("C2", "not run")]
+
+
+BUDGET = '''
+import time
+import pytest
+
+@pytest.mark.claim("C1")
+def test_quick(claim):
+    claim.record(measured={"x": 1}, expected={"x": 1})
+
+@pytest.mark.claim("C2")
+def test_slow(claim):
+    time.sleep(60)
+
+@pytest.mark.claim("C3")
+def test_after(claim):
+    claim.record(measured={}, expected={})
+'''
+
+
+def test_budget_interrupts_the_running_case_and_reports_what_did_not_run(pytester, monkeypatch):
+    result, report = _inner_run(pytester, monkeypatch, BUDGET, "--budget", "3s")
+    out = result.stdout.str()
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    assert "--budget 3s: whole claims run cheapest first" in out and "claims summary" in out
+    data = json.loads((report / "claims.json").read_text())
+    assert data["stopped"].startswith("the budget of 3s was spent after")
+    outcomes = {c["test"].split("::")[1]: (c["outcome"], c.get("reason", "")) for c in data["cases"]}
+    assert outcomes["test_quick"][0] == "passed"
+    assert outcomes["test_slow"] == ("not run", "interrupted: budget spent")
+    assert outcomes["test_after"][0] == "not run" and outcomes["test_after"][1].startswith("the budget of 3s")
+    assert "The run stopped early: the budget of 3s" in (report / "claims.md").read_text()
+
+
+ESTIMATE = '''
+import pytest
+from claims.profiles import profile
+
+FNN = profile("paper").setups["fnn"]
+
+@pytest.mark.claim("C6")
+@pytest.mark.parametrize("config", [FNN.config(0.1, 10, seed=0), FNN.config(0.1, 10, seed=1)])
+def test_measured_settings(config):
+    pass
+
+@pytest.mark.claim("C7")
+@pytest.mark.parametrize("config", [FNN.config(0.1, 10, seed=0), FNN.config(0.3, 7, seed=0)])
+def test_shares_a_minimum_and_adds_an_unmeasured_one(config):
+    pass
+'''
+
+
+def test_cost_estimate_from_measurements_at_collection(pytester, monkeypatch):
+    """Two paper FNN minima at η = 0.1, B = 10: 2 × (90 s training + 10 s measuring) = 3m 20s; C7 shares
+    one of them and adds a setting without a training measurement."""
+    result, _ = _inner_run(pytester, monkeypatch, ESTIMATE, "--scale", "paper", "--collect-only", "-q")
+    out = result.stdout.str()
+    assert "C6     2 cases, 2 minima (0 cached): ≈ 3m 20s" in out, out
+    assert "C7     2 cases, 1 minimum (0 cached): ≥ 10 s + 1 part unmeasured" in out, out
