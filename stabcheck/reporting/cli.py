@@ -1,4 +1,5 @@
-"""Command line: ``python -m stabcheck measure`` (a saved model) and ``python -m stabcheck report`` (figures)."""
+"""Command line: ``python -m stabcheck measure`` (a saved model), ``python -m stabcheck report`` (figures)
+and ``python -m stabcheck compare`` (regressions between two claims runs)."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from . import compare
 from .report import ReportError, write_atomic
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -190,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="draw the figures of a claims run from its claims.json",
                        description="Regenerate the figures (PNG) of a report folder from its claims.json.")
     r.add_argument("folder", help="report folder holding claims.json (e.g. reports/run-20261126-170000)")
+    compare.add_parser(sub)
     return parser
 
 
@@ -207,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(result, indent=1))
             elif args.json:
                 write_atomic(Path(args.json), json.dumps(result, indent=1))
+        elif args.command == "compare":
+            return compare.run_command(args)
         else:
             from .figures import draw_all
 

@@ -1,0 +1,150 @@
+"""``python -m stabcheck compare``: regressions between two claims runs, on the committed reference report."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from stabcheck.reporting.cli import main
+
+REFERENCE = Path(__file__).resolve().parent.parent / "reports" / "reference" / "claims.json"
+MOVED_CASE = "claims/test_c05_gd_edge.py::test_gd_solution_at_the_edge[fnn_gd-lr=0.1-B=n-seed=0]"
+FAILED_CASE = ("claims/test_c07_nonuniformity_bound.py::"
+               "test_sgd_solution_within_nonuniformity_bound[fnn-lr=0.1-B=20-seed=0]")
+MISSING_CASE = "claims/test_c08_correlation.py::test_sharpness_and_nonuniformity_correlate[fnn-fashion_mnist]"
+EDGE_CASE = "claims/test_c05_gd_edge.py::test_gd_solution_at_the_edge[fnn_gd-lr=0.2-B=n-seed=0]"
+
+
+def _copy(tmp_path: Path, name: str, doctor=None) -> Path:
+    """A run folder holding the reference's claims.json, changed by ``doctor(rows_by_test, data)``."""
+    folder = tmp_path / name
+    folder.mkdir()
+    data = json.loads(REFERENCE.read_text())
+    if doctor:
+        doctor({r["test"]: r for r in data["rows"]}, data)
+    (folder / "claims.json").write_text(json.dumps(data))
+    return folder
+
+
+def _compare(capsys, *args) -> tuple[int, str, str]:
+    status = main(["compare", *map(str, args)])
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+def test_reference_names_the_cases_the_tests_doctor():
+    tests = {r["test"]: r for r in json.loads(REFERENCE.read_text())["rows"]}
+    assert {MOVED_CASE, FAILED_CASE, MISSING_CASE, EDGE_CASE} <= tests.keys()
+    assert tests[FAILED_CASE]["outcome"] == "passed" and "a" in tests[MOVED_CASE]["measured"]
+
+
+def test_two_copies_of_a_run_report_nothing(tmp_path, capsys):
+    base = _copy(tmp_path, "base")
+    shutil.copytree(base, tmp_path / "run")
+    status, out, _ = _compare(capsys, base, tmp_path / "run", "--markdown", tmp_path / "compare.md")
+    assert status == 0
+    assert out.splitlines()[1].startswith("no regressions: 155 cases in both, 0 added, 0 missing")
+    assert "Regressions" not in out and "Other changes" not in out and "Wall time (report only)" not in out
+    assert "**no regressions" in (tmp_path / "compare.md").read_text()
+
+
+def _doctor(rows, data):
+    rows[FAILED_CASE]["outcome"] = "failed"
+    rows[MOVED_CASE]["measured"]["a"] *= 1.05
+    data["rows"].remove(rows[MISSING_CASE])
+
+
+def test_doctored_copy_reports_verdict_moved_value_and_missing_case(tmp_path, capsys):
+    base, run = _copy(tmp_path, "base"), _copy(tmp_path, "run", _doctor)
+    status, out, _ = _compare(capsys, base, run, "--markdown", tmp_path / "compare.md")
+    assert status == 1
+    assert "3 regressions: 154 cases in both, 0 added, 1 missing" in out
+    regressions = out.split("Regressions (3)")[1].split("\n\n")[0]
+    lines = {line.split()[1]: line for line in regressions.splitlines()[2:]}
+    assert lines.keys() == {case.split("::")[1] for case in (MOVED_CASE, FAILED_CASE, MISSING_CASE)}
+    assert "outcome" in lines[FAILED_CASE.split("::")[1]] and "failed" in lines[FAILED_CASE.split("::")[1]]
+    assert "moved" in lines[MOVED_CASE.split("::")[1]] and "+5.0% (tol 4%)" in lines[MOVED_CASE.split("::")[1]]
+    assert "missing case" in lines[MISSING_CASE.split("::")[1]]
+    markdown = (tmp_path / "compare.md").read_text()
+    assert "### Regressions" in markdown and "+5.0% (tol 4%)" in markdown and "| missing case |" in markdown
+
+
+def test_rtol_for_a_quantity_lets_its_move_pass(tmp_path, capsys):
+    def move(rows, data):
+        rows[MOVED_CASE]["measured"]["a"] *= 1.05
+
+    base, run = _copy(tmp_path, "base"), _copy(tmp_path, "run", move)
+    assert _compare(capsys, base, run)[0] == 1
+    assert _compare(capsys, base, run, "--rtol-for", "a=0.06")[0] == 0
+    assert _compare(capsys, base, run, "--rtol", "0.06")[0] == 0
+    assert _compare(capsys, base, run, "--rtol-for", "a=0.06", "--rtol-for", "a*=0.01")[0] == 0  # first match wins
+
+
+def _flip_verdict(rows, data):
+    measured = rows[EDGE_CASE]["measured"]
+    measured["theorem1 verdict"] = "stable" if measured["theorem1 verdict"] != "stable" else "unstable (a > 2/eta)"
+
+
+def test_verdict_flip_with_numbers_held_is_borderline_and_with_a_moved_number_a_regression(tmp_path, capsys):
+    base = _copy(tmp_path, "base")
+    status, out, _ = _compare(capsys, base, _copy(tmp_path, "flip", _flip_verdict))
+    assert status == 0 and "borderline" in out and "numbers within tolerance" in out
+
+    def flip_and_move(rows, data):
+        _flip_verdict(rows, data)
+        rows[EDGE_CASE]["measured"]["s"] *= 1.2
+
+    status, out, _ = _compare(capsys, base, _copy(tmp_path, "flip_move", flip_and_move))
+    assert status == 1 and "2 regressions" in out and "borderline" not in out
+
+
+def test_added_case_improvement_and_new_quantity_are_reported_not_regressions(tmp_path, capsys):
+    def older(rows, data):
+        rows[FAILED_CASE]["outcome"] = "failed"
+        data["rows"].remove(rows[MISSING_CASE])
+        del rows[MOVED_CASE]["measured"]["s"]
+
+    status, out, _ = _compare(capsys, _copy(tmp_path, "base", older), _copy(tmp_path, "run"))
+    assert status == 0
+    assert "added case" in out and "improved" in out and "added quantity" in out
+
+
+def test_not_run_case_of_a_budgeted_run_is_a_regression(tmp_path, capsys):
+    def budget_cut(rows, data):
+        data["rows"].remove(rows[MISSING_CASE])
+        data["cases"] = [{"claim": r["claim"], "test": r["test"], "case": r["case"], "outcome": r["outcome"]}
+                         for r in data["rows"]]
+        data["cases"].append({"claim": "C8", "test": MISSING_CASE, "case": "fnn-fashion_mnist", "outcome": "not run",
+                              "reason": "budget of 50m spent"})
+
+    status, out, _ = _compare(capsys, _copy(tmp_path, "base"), _copy(tmp_path, "run", budget_cut))
+    assert status == 1 and "not run" in out and "budget of 50m spent" in out and "1 regression:" in out
+
+
+def test_wall_time_is_reported_and_fails_only_with_fail_on_time(tmp_path, capsys):
+    def slow_down(rows, data):
+        rows[EDGE_CASE]["duration_s"] *= 3
+
+    base, run = _copy(tmp_path, "base"), _copy(tmp_path, "run", slow_down)
+    status, out, _ = _compare(capsys, base, run)
+    assert status == 0 and "Wall time (report only) (1)" in out and "×3.00" in out
+    assert _compare(capsys, base, run, "--time-ratio", "5")[1].count("Wall time") == 0
+    assert _compare(capsys, base, run, "--fail-on-time")[0] == 1
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda p: p / "absent", "does not exist"),
+    (lambda p: p, "has no claims.json"),
+    (lambda p: (p / "claims.json").write_text("{}") and p, "has no 'rows' list"),
+    (lambda p: (p / "claims.json").write_text("{not json") and p, "cannot be read as JSON"),
+])
+def test_bad_folder_is_an_error_with_status_2(tmp_path, capsys, make, message):
+    status, out, err = _compare(capsys, _copy(tmp_path, "base"), make(tmp_path))
+    assert status == 2 and out == ""
+    assert err.startswith("error: ") and message in err
+
+
+def test_bad_rtol_for_is_refused_by_the_parser(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", str(tmp_path), str(tmp_path), "--rtol-for", "theorem1"])
+    assert exit_info.value.code == 2 and "expected QUANTITY=RTOL" in capsys.readouterr().err
