@@ -137,6 +137,7 @@ def test_wall_time_is_reported_and_fails_only_with_fail_on_time(tmp_path, capsys
     (lambda p: p, "has no claims.json"),
     (lambda p: (p / "claims.json").write_text("{}") and p, "has no 'rows' list"),
     (lambda p: (p / "claims.json").write_text("{not json") and p, "cannot be read as JSON"),
+    (lambda p: (p / "claims.json").write_text('{"rows": [{"test": "t::x"}]}') and p, "lacks claim, test or outcome"),
 ])
 def test_bad_folder_is_an_error_with_status_2(tmp_path, capsys, make, message):
     status, out, err = _compare(capsys, _copy(tmp_path, "base"), make(tmp_path))

@@ -83,6 +83,7 @@ DEFAULT_SCALE = 1e-6        # float32 round-off of an O(1) computation: below th
 TIME_RATIO = 2.0
 TIME_FLOOR_S = 1.0
 TIME_PATTERNS = ("*seconds*",)
+OUTCOME_OK = "passed"
 
 # (glob on the quantity's name, rtol or None for --rtol, scale); the first match wins. Why: module docstring.
 QUANTITY_RULES: tuple[tuple[str, float | None, float], ...] = (
@@ -104,13 +105,13 @@ class Tolerance:
     rtol: float
     scale: float
 
-    def allows(self, old: float, new: float, scale: float = 0.0) -> bool:
-        """Whether old → new is within tolerance (``scale``: a larger size floor, e.g. a list's)."""
+    def allows(self, old: float, new: float, size: float = 0.0) -> bool:
+        """Whether old → new is within tolerance (``size``: a larger size floor, e.g. a list's largest entry)."""
         if math.isnan(old) or math.isnan(new):
             return math.isnan(old) and math.isnan(new)
         if old == new:  # equal infinities too
             return True
-        return abs(new - old) <= self.rtol * max(abs(old), abs(new), self.scale, scale)
+        return abs(new - old) <= self.rtol * max(abs(old), abs(new), self.scale, size)
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,10 @@ class Run:
         if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
             raise ReportError(f"{folder}: claims.json has no 'rows' list, so it is not a claims run's report "
                               "(give a folder written by 'pytest claims/' or scripts/verify.sh)")
+        entries = [*data["rows"], *(data.get("cases") or [])]
+        if not all(isinstance(e, dict) and {"claim", "test", "outcome"} <= e.keys() for e in entries):
+            raise ReportError(f"{folder}: a row or case of claims.json lacks claim, test or outcome, so it is not "
+                              "a claims run's report: rerun the claims to rewrite it")
         rows: dict[str, dict] = {}
         for row in data["rows"]:
             rows[_unique(rows, row["test"])] = row
@@ -323,8 +328,6 @@ def _case_name(case: dict) -> str:
     return case["test"].split("::")[-1]
 
 
-OUTCOME_OK = "passed"
-
 
 def compare_runs(baseline: Run, run: Run, tolerances: Tolerances = Tolerances(), *, time_ratio: float = TIME_RATIO,
                  time_floor_s: float = TIME_FLOOR_S, fail_on_time: bool = False) -> Comparison:
@@ -341,9 +344,9 @@ def compare_runs(baseline: Run, run: Run, tolerances: Tolerances = Tolerances(),
         result.common += 1
         old_out, new_out = old_case["outcome"], new_case["outcome"]
         if old_out != new_out:
-            worse = (old_out == OUTCOME_OK) or new_out == "failed"
+            worse = old_out == OUTCOME_OK or new_out == "failed"
             found.append(Finding("outcome", worse, claim, name, "outcome", old_out, new_out,
-                                 new_case.get("reason", "") or ("" if worse else "improved")))
+                                 new_case.get("reason", "") or ("improved" if new_out == OUTCOME_OK else "")))
         old_row, new_row = baseline.rows.get(key), run.rows.get(key)
         if old_row is None or new_row is None:
             continue  # a case without a row (skipped, not run): its outcome says all
