@@ -10,15 +10,15 @@ What counts as a regression: a case that passed and no longer passes (failed, sk
 case that newly fails, a case or a measured quantity missing from the run, a number beyond its
 tolerance, and a verdict-like change. A verdict-like change in a row whose numbers all stayed within
 tolerance is reported as *borderline* instead: the same measurement on the other side of a
-threshold (run0 below: Theorem 1 at GD's edge, 1.0011 → 0.99998, turned "unstable (a > 2/eta)"
-into "stable"). Added cases and quantities, improvements and wall time are reported only
+threshold (in the two runs below, Theorem 1 at GD's edge went 1.0011 → 0.99998 and its verdict
+"unstable (a > 2/eta)" → "stable"). Added cases and quantities, improvements and wall time are reported only
 (``--fail-on-time`` makes a slowdown a regression).
 
 Tolerances. A number moved when ``|new − old| > rtol · max(|old|, |new|, scale)``: ``rtol``
 relative, ``scale`` the size below which a value counts as zero (lists: also the largest element
 of either list, so a list is as accurate as its largest entry). They come from two comparisons:
-reports/reference (another CPU machine) against /tmp/run0 (this 2-core machine, same code, every
-minimum retrained), and one minimum retrained here with 1 and 2 threads.
+reports/reference (made on another CPU machine) against a run of the same code on the 2-core
+project machine with every minimum retrained, and one minimum retrained there with 1 and 2 threads.
 
 * Measurement alone is reproducible far below any default: float32 Lanczos stops at a relative
   residual of 1e-4 (small scale) or 1e-3 (paper scale), which bounds the eigenvalue's relative
@@ -46,12 +46,12 @@ minimum retrained), and one minimum retrained here with 1 and 2 threads.
 
 ``--rtol-for KEY=VALUE`` (KEY a name or a glob, VALUE a number or ``inf``: not compared) takes
 precedence over these rules; the quantity's scale stays. Wall time (``duration_s`` and the
-``*seconds*`` entries) is reported when it changed by ``--time-ratio`` (default
-2: of the 24 cases over 1 s, 18 differed between the two runs by 0.65–1.4×; the rest by up to 19×,
-where one run trained a minimum that several cases share, or warmed up, in that case and the other
-did not) and either side took ``--time-floor`` seconds (default 1: shorter steps are dominated by
-scheduling on a shared machine). Detailed timing
-statistics are pytest-benchmark's: ``--benchmark-autosave`` / ``--benchmark-compare``.
+``*seconds*`` entries) is reported when it changed by ``--time-ratio`` (default 2: of the 24
+cases over 1 s, 18 differed between the two runs by 0.65–1.4×, the rest by up to 19× where one run
+trained a minimum that several cases share, or warmed up, in that case and the other did not) and
+either side took ``--time-floor`` seconds (default 1: shorter steps are dominated by scheduling on
+a shared machine). Timing statistics are pytest-benchmark's (``--benchmark-autosave``,
+``--benchmark-compare``).
 
 >>> tol = Tolerances()
 >>> tol.for_quantity("a"), tol.for_quantity("theorem1 floor (1-eta a)^2")
