@@ -20,7 +20,7 @@ import pytest
 
 from claims.options import suite_options
 from claims.profiles import TOY_CASE_SECONDS
-from claims.suite import Suite, minima_in, suite_of
+from claims.suite import Suite, case_id, minima_in, suite_of
 from fixtures.minima import minima_cache_of
 from stabcheck.experiments.setups import MinimumConfig
 
@@ -81,6 +81,7 @@ class Estimator:
         self.suite = suite
         self.cached = cached
         self.done: set[MinimumConfig] = set()
+        self.unmeasured: dict[str, None] = {}   # what has no timing yet, in order, each once
 
     def case(self, item: pytest.Item) -> Cost:
         params = getattr(item, "callspec", None)
@@ -89,9 +90,12 @@ class Estimator:
         cost = Cost(cases=1)
         plans = self.suite.profile.plans
         if not minima and claim in TOY_CASE_SECONDS:
-            cost.add(TOY_CASE_SECONDS[claim])
+            own = TOY_CASE_SECONDS[claim]
         else:
-            cost.add(plans[claim].case_seconds if claim in plans else None)
+            own = plans[claim].case_seconds if claim in plans else None
+        cost.add(own)
+        if own is None:
+            self.unmeasured[f"{claim} {item.originalname}"] = None
         for config in minima:
             if config in self.done:
                 continue
@@ -100,7 +104,10 @@ class Estimator:
             if config in self.cached:
                 cost.cached += 1
             else:
-                cost.add(self.suite.profile.train_cost(config))
+                train = self.suite.profile.train_cost(config)
+                cost.add(train)
+                if train is None:
+                    self.unmeasured[f"training {case_id(config).rpartition('-seed=')[0]}"] = None
             cost.add(self.suite.profile.measure_seconds)
         return cost
 
@@ -118,6 +125,7 @@ class Schedule:
     claims: dict[str, Cost] = field(default_factory=dict)
     estimates: dict[str, str] = field(default_factory=dict)    # nodeid → estimated cost text
     order: list[str] = field(default_factory=list)
+    unmeasured: list[str] = field(default_factory=list)        # what the estimate has no timing for
     budget_s: float | None = None
     budget_text: str = ""
     started: float = 0.0
@@ -184,11 +192,12 @@ def pytest_collection_modifyitems(session, config, items):
             cost = estimator.case(item)
             schedule.estimates[item.nodeid] = cost.text
             schedule.claims[claim] += cost
+    schedule.unmeasured = list(estimator.unmeasured)
 
 
 def _cheapest_first(groups: dict[str, list[pytest.Item]], suite: Suite, cached: set[MinimumConfig]) -> list[str]:
     """Claims in the order that finishes whole claims soonest: at each step the one that costs least
-    given the minima earlier claims trained (claims with unmeasured parts last)."""
+    given the minima earlier claims trained; fewer unmeasured parts first, since their cost is unknown."""
     order: list[str] = []
     done: set[MinimumConfig] = set()
     while len(order) < len(groups):
@@ -198,7 +207,7 @@ def _cheapest_first(groups: dict[str, list[pytest.Item]], suite: Suite, cached: 
                 trial = Estimator(suite, cached)
                 trial.done = set(done)
                 costs[claim] = trial.claim(groups[claim])
-        best = min(costs, key=lambda c: (costs[c].unmeasured > 0, costs[c].seconds, costs[c].unmeasured))
+        best = min(costs, key=lambda c: (costs[c].unmeasured, costs[c].seconds))
         order.append(best)
         done |= {m for item in groups[best] if hasattr(item, "callspec")
                  for m in minima_in(list(item.callspec.params.values()))}
@@ -220,6 +229,8 @@ def pytest_report_collectionfinish(config, start_path, items):
         lines.append(f"  {claim:<4} {plural(cost.cases, 'case'):>9}{minima}: {cost.text}")
     lines.append(f"  total {plural(total.cases, 'case')}, {plural(total.minima, 'minimum', 'minima')} ({total.cached} cached): "
                  f"{total.text}")
+    if schedule.unmeasured:
+        lines.append(f"  unmeasured (no timing recorded in claims/profiles.py): {', '.join(schedule.unmeasured)}")
     if schedule.budget_s is not None:
         lines.append(f"--budget {schedule.budget_text}: whole claims run cheapest first ({', '.join(schedule.order)}); "
                      "the run stops when the budget is spent")

@@ -101,10 +101,16 @@ def headline_text(figures: list[dict]) -> str:
     return "; ".join(parts) + (f" ({'; '.join(reasons)})" if reasons else "")
 
 
+def summary_headline(entry: dict) -> str:
+    """The headline of a summary entry; none for a claim of which no case ran."""
+    return "" if entry["verdict"] == "not run" else headline_text(entry["headline"])
+
+
 def summary_line(entry: dict) -> str:
     """One line of the summary, e.g. ``C6: passed, 3 of 3 cases passed; a, s at B=10: ours [...], paper [...]``."""
-    return (f"{entry['claim']}: {entry['verdict']}, {entry['passed']} of {entry['total']} cases passed; "
-            f"{headline_text(entry['headline'])}")
+    headline = summary_headline(entry)
+    return (f"{entry['claim']}: {entry['verdict']}, {entry['passed']} of {entry['total']} cases passed"
+            + (f"; {headline}" if headline else ""))
 
 
 def _claim_order(claim: str) -> tuple[int, str]:
@@ -131,16 +137,18 @@ def render_markdown(rows: list[dict], benchmarks: list[dict], summary: list[dict
         by_claim[r["claim"]].append(r)
     out = ["# Claim report", ""]
     passed = sum(c["outcome"] == "passed" for c in cases)
+    setting = ""
     if rows:
         r0 = rows[0]
-        out += [f"{passed} of {len(cases)} cases passed. Scale `{r0['scale']}`, device `{r0['device']}`, "
-                f"torch {r0['versions']['torch']}, stabcheck {r0['versions']['stabcheck']}.", ""]
+        setting = (f" Scale `{r0['scale']}`, device `{r0['device']}`, torch {r0['versions']['torch']}, "
+                   f"stabcheck {r0['versions']['stabcheck']}.")
+    out += [f"{passed} of {len(cases)} cases passed.{setting}", ""]
     not_run = [c for c in cases if c["outcome"] == "not run"]
     if stopped:
         out += [f"**The run stopped early: {stopped}.** {len(not_run)} cases did not run (listed at the end).", ""]
     out += ["## Summary", "", "| claim | verdict | cases passed | headline: ours vs the paper |", "|---|---|---|---|"]
     out += [f"| {s['claim']} | {s['verdict']} | {s['passed']} of {s['total']} | "
-            f"{headline_text(s['headline']).replace('|', '/')} |" for s in summary]
+            f"{summary_headline(s).replace('|', '/') or '—'} |" for s in summary]
     out.append("")
     for claim, group in by_claim.items():
         out += [f"## {claim}", "", "| case | measured | paper / bound | verdict | time (s) |", "|---|---|---|---|---|"]
