@@ -227,8 +227,8 @@ def pytest_report_collectionfinish(config, start_path, items):
         total += cost
         minima = f", {plural(cost.minima, 'minimum', 'minima')} ({cost.cached} cached)" if cost.minima else ""
         lines.append(f"  {claim:<4} {plural(cost.cases, 'case'):>9}{minima}: {cost.text}")
-    lines.append(f"  total {plural(total.cases, 'case')}, {plural(total.minima, 'minimum', 'minima')} ({total.cached} cached): "
-                 f"{total.text}")
+    lines.append(f"  total {plural(total.cases, 'case')}, {plural(total.minima, 'minimum', 'minima')} "
+                 f"({total.cached} cached): {total.text}")
     if schedule.unmeasured:
         lines.append(f"  unmeasured (no timing recorded in claims/profiles.py): {', '.join(schedule.unmeasured)}")
     if schedule.budget_s is not None:

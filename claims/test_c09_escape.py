@@ -33,6 +33,7 @@ import torch
 import stabcheck
 from claims.measured import cpu_threads, require_minimum, theorem1_entries
 from claims.suite import case_id
+from stabcheck.curvature.criteria import NOT_CERTIFIED
 from stabcheck.experiments.train import full_loss, train
 
 pytestmark = pytest.mark.slow  # trains nets on a cold cache (minutes on the CI CPU)
@@ -154,12 +155,13 @@ def test_restart_leaves_unstable_and_keeps_stable_minima(claim, suite, measured_
     if prediction == "unstable":
         assert outside, (f"the plan expects η′={lr:g}, B′={batch_size} to be unstable, but at the restart point "
                          f"a = {a0:.4g} ≤ 2/η′ = {a_side:.4g} and s = {s0:.4g} ≤ s bound {s_side:.4g}")
-        assert t1.verdict == "not certified", (f"outside the box but Theorem 1 = {t1.value:.4g} gives the verdict "
+        assert t1.verdict == NOT_CERTIFIED, (f"outside the box but Theorem 1 = {t1.value:.4g} gives the verdict "
                                                f"{t1.verdict!r}: its value must exceed 1 there")
         assert t_leave is not None, (f"did not leave within {iters} iterations: a went {a0:.4g} → "
                                      f"min {min(traj.sharpness):.4g}, never below {threshold:.4g}")
         assert rise >= loss_rise, (f"the loss rose only {rise:.3g}× (to {window[t_peak]:.3g} from "
-                                   f"{traj.loss[0]:.3g}) before leaving at iteration {t_leave}; expected ≥ {loss_rise}×")
+                                   f"{traj.loss[0]:.3g}) before leaving at iteration {t_leave}; "
+                                   f"expected ≥ {loss_rise}×")
         assert slope > 0, f"log‖x_t − x*‖ over iterations 1…{t_peak} has slope {slope:.3g} ≤ 0: no exponential growth"
     else:
         assert not outside, (f"the plan expects η′={lr:g}, B′={batch_size} to be stable, but at the restart point "

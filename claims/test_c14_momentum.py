@@ -5,8 +5,9 @@ a ≤ 2(1 + μ)/η, and lands at a ≈ 2(1 + μ)/η; with SGD, a and s fall as �
 
 * Heavy-ball GD (the GD grid of the C14 plan, ``claims/profiles.py``): every solution
   a ≤ 1.05·2(1+μ)/η, and the mean over seeds at each (η, μ) ≤ 1.02·2(1+μ)/η — C5's ceilings, for
-  the same reason (GD stops inside its edge oscillation). In the edge regime a ≥ 0.85·2(1+μ)/η; the regime by C5's rule: GD or heavy ball at
-  another setting of the same setup reached a minimum sharper than 2(1+μ)/η.
+  the same reason (GD stops inside its edge oscillation). In the edge regime a ≥ 0.85·2(1+μ)/η;
+  the regime by C5's rule: GD or heavy ball at another setting of the same setup reached a minimum
+  sharper than 2(1+μ)/η.
 * SGD (the plan's SGD grid, fixed η and B): the mean a and the mean s over seeds fall with each
   larger μ, and Kendall's τ between μ and each over all solutions is negative at one-sided level
   0.05 (3 seeds per μ leave a pairwise t-test without power; τ uses every solution at once).

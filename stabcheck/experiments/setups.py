@@ -2,9 +2,9 @@
 :class:`MinimumConfig` (the setup plus the optimiser's η, B, μ, seed and sampler).
 
 A :class:`MinimumConfig` is the key of a cached trained minimum (:mod:`stabcheck.experiments.minima`):
-its fields and ``as_dict()`` make the cache key, and ``label`` names the entry in the cache's summaries. ``batch_size=None`` in
-:meth:`Setup.config` means GD (B = n). Which minima an experiment trains is the experiment's data
-(the claims suite keeps its grids in ``claims/profiles.py``).
+its fields and ``as_dict()`` make the cache key, and ``label`` names the entry in the cache's
+summaries. ``batch_size=None`` in :meth:`Setup.config` means GD (B = n). Which minima an
+experiment trains is the experiment's data (the claims suite keeps its grids in ``claims/profiles.py``).
 
 >>> fnn = Setup("fnn", "fashion_mnist", 100, "fnn", (("widths", (50, 50)),), tol=1e-3, max_iters=20_000)
 >>> c = fnn.config(lr=0.1, batch_size=None, seed=0)

@@ -96,8 +96,8 @@ def headline_text(figures: list[dict]) -> str:
     if not figures:
         return NO_PAPER_NUMBER
     reasons = list(dict.fromkeys(f["paper"] for f in figures if isinstance(f["paper"], str)))
-    parts = [f"{f['what']}: ours {_fmt(f['ours'])}" + ("" if isinstance(f["paper"], str) else f", paper {_fmt(f['paper'])}")
-             for f in figures]
+    parts = [f"{f['what']}: ours {_fmt(f['ours'])}"
+             + ("" if isinstance(f["paper"], str) else f", paper {_fmt(f['paper'])}") for f in figures]
     return "; ".join(parts) + (f" ({'; '.join(reasons)})" if reasons else "")
 
 
