@@ -156,7 +156,7 @@ def test_restart_leaves_unstable_and_keeps_stable_minima(claim, suite, measured_
         assert outside, (f"the plan expects η′={lr:g}, B′={batch_size} to be unstable, but at the restart point "
                          f"a = {a0:.4g} ≤ 2/η′ = {a_side:.4g} and s = {s0:.4g} ≤ s bound {s_side:.4g}")
         assert t1.verdict == NOT_CERTIFIED, (f"outside the box but Theorem 1 = {t1.value:.4g} gives the verdict "
-                                               f"{t1.verdict!r}: its value must exceed 1 there")
+                                             f"{t1.verdict!r}: its value must exceed 1 there")
         assert t_leave is not None, (f"did not leave within {iters} iterations: a went {a0:.4g} → "
                                      f"min {min(traj.sharpness):.4g}, never below {threshold:.4g}")
         assert rise >= loss_rise, (f"the loss rose only {rise:.3g}× (to {window[t_peak]:.3g} from "
