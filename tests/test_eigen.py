@@ -48,6 +48,10 @@ def test_non_convergence_is_reported_not_hidden():
     assert not res.converged
     assert res.iterations == 5 and res.matvecs == 5 and len(res.history) == 5
     assert res.residual > 1e-12
+    # value, vector and residual describe one pair, also when the solver stops unconverged
+    v = res.vector
+    assert res.value == pytest.approx(float(v @ (A @ v)), rel=1e-12)
+    assert res.residual == pytest.approx(float((A @ v - res.value * v).norm()) / abs(res.value), rel=1e-9)
     lz = lanczos(lambda v: A @ v, 40, tol=1e-14, maxiter=3, dtype=torch.float64)
     assert not lz.converged and lz.iterations == 3 and lz.residual > 1e-14
 
