@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import stabcheck
+from stabcheck.curvature import products
 from stabcheck.curvature.engines import factored
 from stabcheck.curvature.engines import SIGMA_ENGINES, resolve_engine
 from stabcheck.curvature.operators import SigmaOperator, Theorem1Operator
@@ -202,3 +203,31 @@ def test_supports_answers_false_when_a_rule_fails(monkeypatch):
     assert factored.supports(problem) is False
     assert "RuntimeError: boom" in factored.unsupported_reason(problem)
     assert resolve_engine(problem, "auto").name == "vmap"
+
+
+@pytest.mark.parametrize("chunk_size", [256, 4], ids=["one-chunk", "chunks-of-4"])
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+def test_hvp_equals_forward_over_reverse(model_name, loss, chunk_size):
+    """factored.hvp (pass 1 alone) is the H v of products.hvp, chunk weighting included."""
+    problem = _problem(model_name, loss, torch.float64, chunk_size=chunk_size)
+    v = _random_tangent(problem)
+    got = factored.hvp(problem, v)
+    assert list(got) == problem.names
+    assert _relative_error(got, products.hvp(problem, v), problem) <= 1e-10
+
+
+def test_hvp_of_the_layer_zoo():
+    torch.manual_seed(3)
+    problem = stabcheck.Problem(_layer_zoo(), torch.randn(5, 2, 8, 8, dtype=torch.float64), torch.randint(0, 3, (5,)), loss="ce")
+    v = _random_tangent(problem)
+    assert _relative_error(factored.hvp(problem, v), products.hvp(problem, v), problem) <= 1e-10
+
+
+def test_hvp_refuses_unsupported_models():
+    build, shape, _ = UNSUPPORTED["layer norm"]
+    net = build().double()
+    x = torch.randn(shape, dtype=torch.float64)
+    problem = stabcheck.Problem(net, x, torch.randn(net(x).shape, dtype=torch.float64))
+    with pytest.raises(factored.UnsupportedModel, match="LayerNorm"):
+        factored.hvp(problem, problem.params)

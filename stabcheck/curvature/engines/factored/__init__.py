@@ -31,6 +31,9 @@ one that ran.
 True
 >>> sorted(sigma_factored(p, p.params, centred=True)) == sorted(p.params)
 True
+>>> from stabcheck.curvature import products
+>>> all(torch.allclose(hvp(p, p.params)[k], t) for k, t in products.hvp(p, p.params).items())
+True
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ from .layers import PIECEWISE_LINEAR, SMOOTH, LayerRule, Pass2Context, Unsupport
 from .passes import hv_sum, pass1, pass2
 from .plan import plan_for, supports, unsupported_reason
 
-__all__ = ["PIECEWISE_LINEAR", "SMOOTH", "LayerRule", "UnsupportedModel", "sigma_factored", "supports",
+__all__ = ["PIECEWISE_LINEAR", "SMOOTH", "LayerRule", "UnsupportedModel", "hvp", "sigma_factored", "supports",
            "unsupported_reason"]
 
 
@@ -73,3 +76,15 @@ def sigma_factored(problem: Problem, v: Params, centred: bool) -> Params:
             for k in out:
                 out[k].sub_(h_hv[k])
         return {k: out[k].div_(n) for k in problem.names}
+
+
+def hvp(problem: Problem, v: Params) -> Params:
+    """H v = (1/n) Σ_i H_i v from pass 1 alone, recording nothing for pass 2.
+
+    The same product as :func:`stabcheck.curvature.products.hvp`, for the problems :func:`supports`
+    accepts (UnsupportedModel otherwise), in the same chunks.
+    """
+    plan = plan_for(problem)
+    with torch.no_grad():
+        total = hv_sum(plan, problem, v)
+    return {k: total[k].div_(problem.n) for k in problem.names}
