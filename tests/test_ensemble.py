@@ -107,6 +107,21 @@ def test_members_close_to_train_float32(engine, batch_size):
         assert relative <= 1e-4, (a.seed, relative)
 
 
+def test_float32_ema_and_stop_follow_the_loss_curve():
+    """The device-side EMA is float64 arithmetic on the float32 batch losses, as train()'s Python floats."""
+    x, y = _data(torch.float32)
+    records = train_ensemble(_nets(torch.float32), x, y, seeds=SEEDS, lr=0.5, batch_size=5, tol=5e-3, max_iters=400,
+                             check_every=16)
+    assert "converged" in {r.status for r in records}
+    for r in records:
+        emas = []
+        for value in r.loss_curve:
+            emas.append(value if not emas else 0.9 * emas[-1] + (1.0 - 0.9) * value)
+        assert r.ema_loss == emas[-1]
+        first_below = next((t + 1 for t, e in enumerate(emas) if e < 5e-3), None)
+        assert r.iterations == (first_below if r.status == "converged" else 400)
+
+
 def test_check_every_changes_nothing():
     x, y = _data(torch.float32)
     kw = {"lr": 0.5, "batch_size": 5, "tol": 5e-3, "max_iters": 400, "seeds": SEEDS}
@@ -132,11 +147,10 @@ def test_a_member_does_not_depend_on_the_others():
 def test_diverged_members_are_frozen_and_the_others_go_on(engine, momentum):
     x, y = _data()
     nets = _nets()
-    with torch.no_grad():  # member 1's loss passes 1e6 after a few steps; member 2's is inf at once
-        for p in nets[1].parameters():
+    with torch.no_grad():
+        for p in nets[1].parameters():  # the loss passes 1e6 after a few steps
             p.mul_(10.0)
-        for p in nets[2].parameters():
-            p.mul_(1e80)
+        next(nets[2].parameters()).fill_(1e308)  # first layer overflows: inf activations, a non-finite loss at once
     kw = {"lr": 0.5, "batch_size": 5, "momentum": momentum, "tol": 5e-3, "max_iters": 400}
     alone = _alone(nets, x, y, **kw)
     together = train_ensemble(nets, x, y, seeds=SEEDS, engine=engine, check_every=16, **kw)
