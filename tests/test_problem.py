@@ -7,7 +7,8 @@ from torch import nn
 
 import stabcheck
 from stabcheck import Problem, ProblemError
-from stabcheck.curvature.problem import per_sample_loss
+from stabcheck.curvature.problem import check_device, per_sample_loss
+from stabcheck.experiments.models import build_model
 
 
 def _data(n=5, k=3, seed=0):
@@ -71,9 +72,18 @@ def test_inactive_dropout_in_train_mode_is_accepted():
 def test_refuses_non_finite_loss():
     net = nn.Linear(4, 3)
     x, y = _data()
-    x[2, 1] = math.nan
-    with pytest.raises(ProblemError, match="not finite"):
+    with torch.no_grad():
+        net.bias[0] = math.inf
+    with pytest.raises(ProblemError, match=r"training loss is not finite \(inf\)"):
         Problem(net, x, y)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_refuses_non_finite_inputs_naming_the_sample(bad):
+    x, y = _data()
+    x[2, 1] = bad
+    with pytest.raises(ProblemError, match=r"inputs of 1 samples hold non-finite values \(first: sample 2\)"):
+        Problem(nn.Linear(4, 3), x, y)
 
 
 @pytest.mark.parametrize("targets,match", [
@@ -118,3 +128,60 @@ def test_theorem1_refuses_bad_lr_and_batch():
         stabcheck.theorem1(prob, lr=-0.1, batch_size=1)
     with pytest.raises(ValueError, match=r"batch size must lie in \[1, n=5\]"):
         stabcheck.theorem1(prob, lr=0.1, batch_size=6)
+
+
+@pytest.mark.parametrize("name,in_shape,options", [
+    ("fnn", (1, 28, 28), {"widths": (500, 500, 500)}),
+    ("vgg", (3, 32, 32), {}),
+    ("resnet", (3, 32, 32), {"batch_norm": False}),
+], ids=["fnn-paper", "vgg", "resnet-bn-free"])
+def test_ordinary_models_in_training_mode_pass_the_probe_in_float32(name, in_shape, options):
+    """The probe's tolerance leaves room for the rounding of batched kernels on the paper's models."""
+    net = build_model(name, seed=0, in_shape=in_shape, num_classes=10, **options)
+    assert net.training
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(8, *in_shape, generator=g)
+    y = nn.functional.one_hot(torch.arange(8) % 10, 10).float()
+    assert Problem(net, x, y, dtype=torch.float32).n == 8
+
+
+def test_frozen_parameters_are_passed_as_constants():
+    net = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    net[0].weight.requires_grad_(False)
+    x, y = _data()
+    prob = Problem(net, x, y)
+    assert prob.names == ["0.bias", "2.weight", "2.bias"] and prob.frozen == ("0.weight",)
+    assert torch.equal(prob.buffers["0.weight"], net[0].weight.detach())
+    with torch.no_grad():
+        expected = nn.functional.mse_loss(net(x), y).item()
+    assert prob.loss_value() == pytest.approx(expected, rel=1e-6)
+    everything = Problem(net, x, y, parameters="all")
+    assert everything.frozen == () and everything.dim == prob.dim + 24
+
+
+def test_refuses_unknown_parameter_set_and_non_module():
+    x, y = _data()
+    with pytest.raises(ProblemError, match=r"parameters must be one of \('trainable', 'all'\), got 'frozen'"):
+        Problem(nn.Linear(4, 3), x, y, parameters="frozen")
+    with pytest.raises(ProblemError, match="model must be a torch.nn.Module, got function"):
+        Problem(lambda t: t, x, y)
+
+
+def test_check_device_names_what_is_wrong():
+    assert check_device("cpu") == torch.device("cpu")
+    with pytest.raises(ProblemError, match="'gpu7' is not a torch device"):
+        check_device("gpu7")
+    with pytest.raises(ProblemError, match="device 'meta' holds no values"):
+        check_device("meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(ProblemError, match=r"CUDA is not available here \(torch.cuda.is_available\(\) is False\)"):
+            Problem(nn.Linear(4, 3), *_data(), device="cuda")
+
+
+def test_probe_leaves_a_deterministic_per_sample_model_alone():
+    """Random or batch-dependent models are refused (tests/test_bad_input.py); the probe itself must not
+    touch the global RNG or the model."""
+    net = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+    state = torch.get_rng_state()
+    Problem(net, *_data())
+    assert torch.equal(torch.get_rng_state(), state) and net.training

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field, fields
+from numbers import Integral, Real
 from typing import Callable
 
 import torch
@@ -78,8 +79,12 @@ def _start_vector(dim: int, seed: int, dtype: torch.dtype, device) -> Tensor:
 
 
 def _check(tol: float, maxiter: int) -> None:
-    if not tol > 0:
-        raise ValueError(f"tol must be positive, got {tol}")
+    if isinstance(tol, bool) or not isinstance(tol, Real):
+        raise TypeError(f"tol must be a real number, got {tol!r} ({type(tol).__name__})")
+    if not (tol > 0 and math.isfinite(tol)):  # tol = inf would call any pair converged
+        raise ValueError(f"tol must be positive and finite, got {tol}")
+    if isinstance(maxiter, bool) or not isinstance(maxiter, Integral):
+        raise TypeError(f"maxiter must be a whole number of iterations, got {maxiter!r} ({type(maxiter).__name__})")
     if maxiter < 1:
         raise ValueError(f"maxiter must be at least 1, got {maxiter}")
 

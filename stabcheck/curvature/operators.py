@@ -17,8 +17,12 @@ from torch import Tensor
 
 from .bounds import noise_factor
 from .engines import resolve_engine
-from .problem import Params, Problem
+from .problem import CurvatureError, Params, Problem
 from .products import axpy, hvp
+
+
+# How the messages name each operator's product.
+_SYMBOLS = {"hessian": "H", "sigma": "Σ", "theorem1": "T"}
 
 
 class CurvatureOperator:
@@ -62,7 +66,16 @@ class CurvatureOperator:
     def matvec(self, v: Tensor) -> Tensor:
         p = self.problem
         v = v.to(p.device, p.dtype)
-        return p.flatten(self.apply(p.unflatten(v))).detach()
+        out = p.flatten(self.apply(p.unflatten(v))).detach()
+        if not bool(torch.isfinite(out).all()):  # else the eigensolver fails later with an unrelated message
+            symbol = _SYMBOLS.get(self.name, self.name)
+            raise CurvatureError(
+                f"{symbol} v is not finite ({int((~torch.isfinite(out)).sum())} of {out.numel()} entries) although "
+                "the loss is finite: the curvature overflows or is undefined at these parameters (saturated "
+                "activations, huge inputs or weights, a non-differentiable point); check the inputs and the "
+                "parameters, or measure in float64"
+            )
+        return out
 
     def __matmul__(self, v: Tensor) -> Tensor:
         return self.matmat(v) if v.dim() == 2 else self.matvec(v)

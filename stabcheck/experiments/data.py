@@ -122,7 +122,7 @@ def _images_to_tensor(images: np.ndarray) -> Tensor:
 def _check_n(n: int | None, available: int, what: str) -> int:
     if n is None:
         return available
-    if not isinstance(n, (int, np.integer)) or n < 1:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:  # True is not a sample count
         raise DataRequestError(f"n must be a positive integer, got {n!r}")
     if n > available:
         raise DataRequestError(f"asked for the first {n} {what}, but the source has only {available}")

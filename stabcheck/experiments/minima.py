@@ -3,7 +3,9 @@
 Key = sha256 of the :class:`~stabcheck.experiments.setups.MinimumConfig`, the trainer version, the torch
 version and the device type (CPU and GPU runs give different parameters). A miss trains under a
 file lock (``filelock``), so concurrent workers asking for the same minimum train it once; files
-are written to a temporary name and renamed, so a reader never sees half a file.
+are written to a temporary name and renamed, so a reader never sees half a file. Temporaries left
+by a killed writer are removed when the key's lock is next taken; a damaged cache file (unreadable
+or incomplete) is named in a warning, deleted and trained again.
 
 >>> import tempfile
 >>> from stabcheck.experiments.setups import Setup
@@ -20,6 +22,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -35,6 +38,8 @@ from .setups import MinimumConfig
 from .train import TRAINER_VERSION, train
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# What a cache file holds; a file without one of them is damaged.
+_BLOB_KEYS = ("config", "record", "loss_curve", "state")
 
 
 def cache_key(config: MinimumConfig, device: str | torch.device = "cpu", dtype: str = "float32") -> str:
@@ -147,14 +152,30 @@ class MinimaCache:
         dataset = dataset_for(config, self.data_dir)
         self.root.mkdir(parents=True, exist_ok=True)
         with FileLock(str(path) + ".lock", timeout=self.lock_timeout):
+            _remove_stale_temporaries(path)
             if path.exists():
-                self.hits += 1
-                return self._load(path, config, dataset)
+                minimum = self._load(path, config, dataset)
+                if minimum is not None:
+                    self.hits += 1
+                    return minimum
             self.misses += 1
             return self._train_and_store(path, config, dataset)
 
-    def _load(self, path: Path, config: MinimumConfig, dataset: Dataset) -> Minimum:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+    def _load(self, path: Path, config: MinimumConfig, dataset: Dataset) -> Minimum | None:
+        """The cached minimum, or None after deleting an unreadable or incomplete file (with a warning)."""
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - truncated zip, EOF, bad pickle: all mean a damaged file
+            damage = f"cannot be read ({type(err).__name__})"
+        else:
+            missing = [k for k in _BLOB_KEYS if not isinstance(blob, dict) or k not in blob]
+            damage = f"lacks the entries {missing}" if missing else ""
+        if damage:
+            warnings.warn(f"minima cache file {path} {damage}; deleting it and training the minimum again",
+                          RuntimeWarning, stacklevel=3)
+            path.unlink(missing_ok=True)
+            path.with_suffix(".json").unlink(missing_ok=True)
+            return None
         if blob["config"] != config.as_dict():
             raise RuntimeError(f"cache file {path} holds a different config (hash collision or edited file); delete it")
         return Minimum(config, blob["record"], blob["loss_curve"], blob["state"], dataset, path.stem, path, True)
@@ -181,6 +202,13 @@ class MinimaCache:
             print(f"[minima] {config.label}: {rec.status} after {rec.iterations} iterations, "
                   f"{rec.wall_time:.1f} s", file=sys.stderr, flush=True)
         return Minimum(config, record, rec.loss_curve, rec.state, dataset, path.stem, path, False)
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete the temporary files of ``path``'s key (``.<key>.*.tmp``): called under the key's lock, so
+    no writer is running and any such file was left by a killed one."""
+    for tmp in path.parent.glob(f".{path.stem}.*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def _atomic_write(path: Path, write) -> None:

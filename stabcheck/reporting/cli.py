@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import pickle
 import sys
+import tempfile
 import warnings
 import zipfile
 from pathlib import Path
 
 import torch
 
+from ..curvature.problem import ProblemError
 from . import compare
 from .report import ReportError, write_atomic
 
@@ -20,6 +23,13 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 class CliError(Exception):
     """Bad input on the command line; the message says what to change."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad option as one ``error:`` line (exit status 2), like every other refusal."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 # Options that are sequences even when given one value (fnn:widths=32).
@@ -52,21 +62,43 @@ def _is_torchscript(path: Path) -> bool:
         return any(name.endswith("constants.pkl") for name in archive.namelist())
 
 
-def load_model(path: Path, arch: str, in_shape, num_classes: int) -> torch.nn.Module:
-    """A state dict saved with torch.save plus ``--arch``; returned in eval mode."""
+def _existing_file(path: Path, flag: str) -> Path:
+    if path.is_dir():
+        raise CliError(f"{flag} {path} is a directory; give the file itself")
+    if not path.is_file():
+        raise CliError(f"{flag} {path} does not exist")
+    return path
+
+
+def _safe_load(path: Path, flag: str, expected: str):
+    """torch.load with weights_only=True: a file is data, never code. torch's own message is not shown
+    because it advises weights_only=False, which would run code from a file of unknown origin."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Unsupported global" in str(err):
+            raise CliError(f"{flag} {path} holds Python objects besides tensors and plain containers; stabcheck "
+                           f"loads files only as data (torch.load with weights_only=True): save {expected}") from None
+        raise CliError(f"{flag} {path} is not a file written by torch.save, or it is damaged: expected {expected}") from None
+    except Exception:  # noqa: BLE001 - truncated archive, EOF, bad pickle: all mean the same to the user
+        raise CliError(f"{flag} {path} is not a file written by torch.save, or it is damaged: expected {expected}") from None
+
+
+def load_model(path: Path, arch: str, in_shape, num_classes: int, outputs_from: str = "") -> torch.nn.Module:
+    """A state dict saved with torch.save plus ``--arch``; returned in eval mode.
+
+    ``outputs_from`` says where ``num_classes`` came from, for the message when the state dict does not fit.
+    """
     from ..experiments.models import build_model
 
-    if not path.is_file():
-        raise CliError(f"model file {path} does not exist")
+    _existing_file(path, "--model")
     if _is_torchscript(path):
         raise CliError(f"{path} is a TorchScript file: torch.func cannot evaluate TorchScript modules with other "
                        "parameters, so save the model's state dict (torch.save(model.state_dict(), path)) and pass --arch")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same to the user
-        raise CliError(f"{path} is neither a TorchScript file nor a state dict saved with torch.save ({err})") from err
-    if not isinstance(state, dict):
-        raise CliError(f"{path} holds a {type(state).__name__}, not a state dict")
+    state = _safe_load(path, "--model", "the state dict: torch.save(model.state_dict(), FILE)")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CliError(f"--model {path} holds a {type(state).__name__}, not a state dict (names → tensors): "
+                       "save it with torch.save(model.state_dict(), FILE)")
     name, options = _parse_arch(arch)
     try:
         model = build_model(name, seed=0, in_shape=in_shape, num_classes=num_classes, **options)
@@ -75,40 +107,113 @@ def load_model(path: Path, arch: str, in_shape, num_classes: int) -> torch.nn.Mo
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise CliError(f"the state dict in {path} does not fit --arch {arch}: {err}") from err
+        note = f" (the model was built with {num_classes} outputs, {outputs_from})" if outputs_from else ""
+        raise CliError(f"the state dict in {path} does not fit --arch {arch}{note}: {err}") from err
     return model.eval()
 
 
-def load_data(args) -> tuple[torch.Tensor, torch.Tensor, tuple, int]:
-    """(inputs, targets for --loss, one sample's input shape, number of classes)."""
+def load_data(args) -> tuple[torch.Tensor, torch.Tensor, tuple, int, str]:
+    """(inputs, targets for --loss, one sample's input shape, number of classes, where that number came from)."""
     if args.data_file:
-        path = Path(args.data_file)
-        if not path.is_file():
-            raise CliError(f"data file {path} does not exist")
-        blob = dict(torch.load(path, map_location="cpu", weights_only=True))
-        if "inputs" not in blob or "targets" not in blob:
-            raise CliError(f"{path} must hold a dict with 'inputs' and 'targets' tensors, found keys {sorted(blob)}")
-        x, y = blob["inputs"], blob["targets"]
-        if args.n is not None:
-            x, y = x[: args.n], y[: args.n]
-        k = int(y.max()) + 1 if args.loss == "ce" else (y.shape[1] if y.ndim > 1 else 1)
-        return x, y, tuple(x.shape[1:]), k
+        return _load_data_file(Path(args.data_file), args.loss, args.n)
     from ..experiments.data import DataNotFoundError, DataRequestError, load_dataset
 
     try:
         ds = load_dataset(args.data, args.n, data_dir=args.data_dir, with_test=False)
     except (DataNotFoundError, DataRequestError) as err:
         raise CliError(str(err)) from err
-    return ds.inputs, ds.targets(args.loss), tuple(ds.inputs.shape[1:]), ds.num_classes
+    return ds.inputs, ds.targets(args.loss), tuple(ds.inputs.shape[1:]), ds.num_classes, ""
+
+
+def _load_data_file(path: Path, loss: str, n: int | None) -> tuple[torch.Tensor, torch.Tensor, tuple, int, str]:
+    expected = "a dict with 'inputs' and 'targets' tensors: torch.save({'inputs': x, 'targets': y}, FILE)"
+    blob = _safe_load(_existing_file(path, "--data-file"), "--data-file", expected)
+    if not isinstance(blob, dict):
+        raise CliError(f"--data-file {path} holds a {type(blob).__name__}, not {expected}")
+    if "inputs" not in blob or "targets" not in blob:
+        raise CliError(f"--data-file {path} must hold {expected}; found keys {sorted(map(str, blob))}")
+    x, y = blob["inputs"], blob["targets"]
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor) or x.ndim == 0 or y.ndim == 0:
+        raise CliError(f"--data-file {path}: 'inputs' and 'targets' must be tensors with the samples along dimension 0")
+    if x.shape[0] != y.shape[0]:
+        raise CliError(f"--data-file {path} holds {x.shape[0]} inputs but {y.shape[0]} targets")
+    if n is not None and n > x.shape[0]:
+        raise CliError(f"--n {n} asks for more samples than --data-file {path} holds ({x.shape[0]})")
+    if n is not None:
+        x, y = x[:n], y[:n]
+    # The output size is read from the targets, so they must be of the kind --loss takes.
+    if loss == "ce":
+        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool or y.ndim != 1:
+            raise CliError(f"--loss ce needs integer class labels of shape (n,) as 'targets'; --data-file {path} "
+                           f"holds {y.dtype} targets of shape {tuple(y.shape)}: use --loss mse for one-hot or "
+                           "real-valued targets, or store the labels")
+        return x, y, tuple(x.shape[1:]), int(y.max()) + 1, f"the largest label + 1 in --data-file {path}"
+    if not y.is_floating_point():
+        raise CliError(f"--loss {loss} needs real-valued targets (one-hot rows for classification); --data-file "
+                       f"{path} holds {y.dtype} targets of shape {tuple(y.shape)}: use --loss ce for integer "
+                       "labels, or store one-hot targets")
+    k = y.shape[1] if y.ndim > 1 else 1
+    return x, y, tuple(x.shape[1:]), k, f"the width of the targets in --data-file {path}"
+
+
+def check_measure_args(args) -> None:
+    """Refuse bad options before any file is read or anything is computed."""
+    from ..curvature.engines import SIGMA_ENGINES
+    from ..curvature.problem import check_device
+
+    for flag, value in (("--lr", args.lr), ("--tol", args.tol)):
+        if not (value > 0 and math.isfinite(value)):
+            raise CliError(f"{flag} must be a positive finite number, got {value}")
+    if args.maxiter < 1:
+        raise CliError(f"--maxiter must be at least 1, got {args.maxiter}")
+    if args.n is not None and args.n < 1:
+        raise CliError(f"--n must be at least 1, got {args.n}")
+    if any(b < 1 for b in args.batch_size or ()):
+        raise CliError(f"--batch-size values must be at least 1, got {args.batch_size}")
+    if args.engine != "auto" and args.engine not in SIGMA_ENGINES:
+        raise CliError(f"--engine {args.engine!r} is not a Σ engine; choose auto or one of {sorted(SIGMA_ENGINES)}")
+    try:
+        check_device(args.device)
+    except ProblemError as err:
+        raise CliError(f"--device {args.device}: {err}") from None
+    if args.json and args.json != "-":
+        check_json_target(Path(args.json))
+
+
+def check_json_target(path: Path) -> None:
+    """The --json file must be creatable: not a directory, in an existing folder that takes new files."""
+    if path.is_dir():
+        raise CliError(f"--json {path} is a directory; give a file name")
+    folder = path.parent
+    if not folder.is_dir():
+        raise CliError(f"--json {path}: the folder {folder} does not exist (create it first; measure creates no folders)")
+    try:  # the only reliable test (permissions, read-only mounts, root): create a file there
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as err:
+        raise CliError(f"--json {path}: cannot write in {folder} ({err.strerror or err})") from None
+
+
+def json_ready(value):
+    """``value`` with every non-finite float replaced by None, so it is standard JSON (null for ∞).
+
+    >>> json_ready({"bound": float("inf"), "xs": [1.0, float("nan")]})
+    {'bound': None, 'xs': [1.0, None]}
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value
 
 
 def measure(args) -> dict:
     from .. import Problem, ProblemError, non_uniformity, nonuniformity_bound, sharpness, sharpness_bound, theorem1
 
-    if args.lr <= 0:
-        raise CliError(f"--lr must be positive, got {args.lr}")
-    x, y, in_shape, k = load_data(args)
-    model = load_model(Path(args.model), args.arch, in_shape, k)
+    x, y, in_shape, k, outputs_from = load_data(args)
+    model = load_model(Path(args.model), args.arch, in_shape, k, outputs_from)
     try:
         prob = Problem(model, x, y, loss=args.loss, dtype=DTYPES[args.dtype], device=args.device)
     except ProblemError as err:
@@ -160,7 +265,7 @@ def _table(result: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m stabcheck", description=__doc__)
+    parser = _Parser(prog="python -m stabcheck", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     m = sub.add_parser("measure", help="sharpness, non-uniformity and the stability criteria of a saved model",
@@ -186,7 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=int, default=0, help="seed of the start vector (default 0)")
     m.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="computation dtype (default float32)")
     m.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    m.add_argument("--json", metavar="FILE", help="also write the result as JSON to FILE ('-' for standard output)")
+    m.add_argument("--json", metavar="FILE",
+                   help="also write the result as JSON to FILE in an existing folder; '-' writes it to standard "
+                        "output and the table to standard error. Infinite values (GD's s bound) are written as null")
     m.add_argument("--quiet", action="store_true", help="no progress messages on standard error")
 
     r = sub.add_parser("report", help="draw the figures of a claims run from its claims.json",
@@ -204,12 +311,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "measure":
             if args.data and args.n is None:
                 args.n = 1000
+            check_measure_args(args)
             result = measure(args)
-            print(_table(result))
+            print(_table(result), file=sys.stderr if args.json == "-" else sys.stdout)
+            text = json.dumps(json_ready(result), indent=1, allow_nan=False)
             if args.json == "-":
-                print(json.dumps(result, indent=1))
+                print(text)
             elif args.json:
-                write_atomic(Path(args.json), json.dumps(result, indent=1))
+                try:
+                    write_atomic(Path(args.json), text)
+                except OSError as err:
+                    raise CliError(f"--json {args.json}: cannot write ({err.strerror or err})") from None
         elif args.command == "compare":
             return compare.run_command(args)
         else:
@@ -217,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
 
             for path in draw_all(Path(args.folder)):
                 print(path)
-    except (CliError, ReportError) as err:
+    except (CliError, ReportError, ProblemError) as err:  # ProblemError: e.g. a non-finite curvature product
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

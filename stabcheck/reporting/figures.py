@@ -187,9 +187,13 @@ def draw_all(folder: Path) -> list[Path]:
     if not source.is_file():
         raise ReportError(f"{source} does not exist: give the folder of a claims run (it holds claims.json)")
     try:
-        rows = json.loads(source.read_text())["rows"]
-    except (json.JSONDecodeError, KeyError) as err:
-        raise ReportError(f"{source} is not a claims report ({err})") from err
+        report = json.loads(source.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ReportError(f"{source} is not a readable claims report (UTF-8 JSON): {err}") from err
+    rows = report.get("rows") if isinstance(report, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and {"claim", "test"} <= r.keys() for r in rows):
+        raise ReportError(f"{source} is not a claims report: expected a JSON object whose 'rows' is a list of "
+                          "objects with 'claim' and 'test' (as written by a claims run)")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -17,12 +17,13 @@ def sigma_loop(problem: Problem, v: Params, centred: bool) -> Params:
     w_sum: Params | None = None
     for i in range(problem.n):
         loss = problem.single_loss(params, problem.inputs[i], problem.targets[i])
-        g = torch.autograd.grad(loss, leaves, create_graph=True)
+        # materialize_grads: a parameter the forward does not use has H_i = 0 (zeros, not an error)
+        g = torch.autograd.grad(loss, leaves, create_graph=True, materialize_grads=True)
         gv = sum((gk * v[k]).sum() for gk, k in zip(g, problem.names))
-        hiv = dict(zip(problem.names, torch.autograd.grad(gv, leaves, retain_graph=True)))
+        hiv = dict(zip(problem.names, torch.autograd.grad(gv, leaves, retain_graph=True, materialize_grads=True)))
         w = sub(hiv, hv) if centred else hiv
         gw = sum((gk * w[k]).sum() for gk, k in zip(g, problem.names))
-        hiw = dict(zip(problem.names, torch.autograd.grad(gw, leaves)))
+        hiw = dict(zip(problem.names, torch.autograd.grad(gw, leaves, materialize_grads=True)))
         acc = axpy(acc, hiw)
         if centred:
             w_sum = axpy(w_sum, w)
