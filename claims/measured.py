@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 import stabcheck
-from claims.profiles import Measurement
+from claims.profiles import MINIMUM, Measurement
 from claims.suite import case_id
 from stabcheck.experiments.minima import Minimum
 from stabcheck.experiments.setups import MinimumConfig
@@ -68,7 +68,8 @@ class MeasuredMinimum:
     def measured(self) -> dict:
         """The row's ``measured`` entries every trained-net case reports."""
         return {"a": self.a.value, "s": self.s.value, "a eta/2": self.edge_ratio, "s/bound": self.s_ratio,
-                **theorem1_entries(self.theorem1), "status": self.minimum.status}
+                **theorem1_entries(self.theorem1), "status": self.minimum.status,
+                "final loss": self.minimum.record["final_loss"]}
 
     def bounds(self) -> dict:
         return {"2/eta": self.a_bound, "s bound": self.s_bound}
@@ -120,17 +121,24 @@ def measure(minimum: Minimum, how: Measurement, seed: int, device: str) -> Measu
 
 
 def require_minimum(m: MeasuredMinimum, eval_loss_limit: float | None = None) -> None:
-    """A claim about minima needs a converged minimum and converged measurements.
+    """A claim about minima needs a minimum and converged measurements.
 
-    ``eval_loss_limit``: accept a run that hit its iteration cap when its eval-mode training loss is
-    below this (BatchNorm nets, whose train-mode loss cannot meet the EMA rule; C13).
+    A minimum: training converged (EMA of the batch loss below tol) and its full training loss, with
+    the net in eval mode as measured, is at most ``MINIMUM["final loss"]``·tol (the EMA rule alone let
+    SGD stop above tol). ``eval_loss_limit``: instead, accept a run whose eval-mode training loss is at
+    most this, converged or at its iteration cap (BatchNorm nets, whose train-mode loss cannot meet
+    the EMA rule; C13).
     """
     rec, label = m.minimum.record, case_id(m.config)
+    limit = eval_loss_limit if eval_loss_limit is not None else MINIMUM["final loss"].value * rec["tol"]
     fitted = eval_loss_limit is not None and rec["final_loss"] <= eval_loss_limit
     assert rec["status"] == "converged" or fitted, (
         f"{label}: training ended with status {rec['status']!r} after {rec['iterations']} iterations "
         f"(EMA loss {rec['ema_loss']:.2e}, eval loss {rec['final_loss']:.2e}, tol {rec['tol']:g}); "
         "a claim about minima needs a converged minimum")
+    assert rec["final_loss"] <= limit, (
+        f"{label}: the full training loss at the end is {rec['final_loss']:.3g} > {limit:.3g} (EMA loss "
+        f"{rec['ema_loss']:.2e}, tol {rec['tol']:g}); a claim about minima needs a loss near 0")
     for name, res in (("a", m.a), ("s", m.s)):
         assert res.converged, (f"{label}: the measurement of {name} did not converge: residual {res.residual:.2e} "
                                f"> tol {res.tol:g} after {res.iterations} iterations")

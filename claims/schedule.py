@@ -92,7 +92,7 @@ class Estimator:
         if not minima and claim in TOY_CASE_SECONDS:
             own = TOY_CASE_SECONDS[claim]
         else:
-            own = plans[claim].case_seconds if claim in plans else None
+            own = plans[claim].seconds_of(item.originalname) if claim in plans else None
         cost.add(own)
         if own is None:
             self.unmeasured[f"{claim} {item.originalname}"] = None

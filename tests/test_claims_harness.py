@@ -36,6 +36,33 @@ def test_profiles_are_complete(name):
         assert all(t.reason for t in plan.thresholds.values())  # every threshold says why
 
 
+@pytest.mark.parametrize("name", ["small", "paper"], ids=["small-profile", "paper-profile"])
+def test_profiles_declare_what_their_claims_check(name):
+    """What a claim checks against a declaration is declared for every case it will have, the C5 grids
+    can reach the edge span (an η grid whose edge regime cannot span 5× fails on every run), and each
+    unstable restart of C9 has a matched stable one of its kind."""
+    p = profile(name)
+    for plan in p.plans.values():
+        assert all(d.reason for d in plan.expect.values())
+    span = p.plans["C5"].thresholds["min edge span"].value
+    for grid in p.plans["C5"].grids:
+        lrs = sorted(grid.lrs)
+        assert lrs[-1] / lrs[1] >= span, f"{grid.setup}: η grid {lrs} cannot span {span}× beyond its smallest η"
+        declared = p.plans["C5"].expect["landscape-limited"].value.get(grid.setup, ())
+        assert set(declared) <= set(lrs)
+    binds = p.plans["C6"].expect["binds"].value
+    for grid in p.plans["C6"].grids:
+        for lr in grid.lrs:
+            sizes = sorted(grid.batch_sizes, key=lambda b: p.setups[grid.setup].n if b is None else b)
+            assert {(lr, b1, b2) for b1, b2 in zip(sizes, sizes[1:])} == set(binds), binds
+            assert any(binds.values()), "C6 needs a pair where the s bound binds: that is where the claim is tested"
+    sgd = {(c.lr, c.batch_size) for c in p.configs("C6", "C3") if not c.is_gd}
+    assert set(p.plans["C7"].expect["tight settings"].value) <= sgd
+    restart = p.plans["C9"].restart
+    assert len(restart.unstable) == len(restart.stable)
+    assert all((u[1] is None) == (s[1] is None) for u, s in zip(restart.unstable, restart.stable))
+
+
 def test_paper_profile_is_the_papers_settings():
     p = profile("paper")
     fnn, vgg = p.setups["fnn"], p.setups["vgg"]
