@@ -2,12 +2,15 @@
 
 Every SGD solution has s ≤ √(B(n−1)/(n−B))/η; the paper sees s/bound up to ≈ 0.9 for small B and a
 rare run a few percent over. Cases: every SGD minimum (B < n, μ = 0) of C6's batch grid and of C3's
-equal-η/B pairs.
+equal-η/B pairs, and one case for the tightness at the small-B settings the C7 plan declares
+(``expect["tight settings"]``, ``claims/profiles.py``).
 
 Thresholds (``claims/profiles.py``): s ≤ 1.1 × bound, the margin for the paper's "a few percent
-over" (in d > 1 the s-bound is empirical, not a theorem); the tight cases, the smallest B of the
-batch grid, reach s/bound ≥ 0.5.
+over" (in d > 1 the s-bound is empirical, not a theorem); at the tight settings the mean s/bound
+reaches the plan's floor (small: 0.75, paper: 0.56), set where a 15% low bias of s would fall below it.
 """
+import statistics
+
 import pytest
 
 from claims.measured import require_minimum
@@ -20,27 +23,42 @@ def sgd_configs(suite) -> list:
     return [c for c in suite.configs("C6", "C3") if not c.is_gd]
 
 
-def is_tight(suite, config) -> bool:
-    """The smallest B of the batch grid at one of its η: where the bound is nearly reached."""
-    batch = suite.configs("C6")
-    smallest = min(c.batch_size for c in batch)
-    return any(config.lr == c.lr for c in batch) and config.batch_size == smallest
+def tight_configs(suite) -> dict[str, list]:
+    """One case: every SGD minimum at the declared tight (η, B) settings."""
+    settings = suite.plan("C7").expect["tight settings"].value
+    configs = [c for c in sgd_configs(suite) if (c.lr, c.batch_size) in settings]
+    names = "+".join(f"lr={lr:g}-B={b}" for lr, b in settings)
+    return {f"{configs[0].setup.name}-{names}": configs} if configs else {}
 
 
 @pytest.mark.claim("C7")
 @pytest.mark.cases(sgd_config=sgd_configs)
 def test_sgd_solution_within_nonuniformity_bound(claim, suite, measured_minimum, sgd_config):
-    """s ≤ 1.1 × bound for every SGD solution; at the batch grid's smallest B also s/bound ≥ 0.5."""
-    over, tight_floor = suite.threshold("C7", "over"), suite.threshold("C7", "tight")
+    """s ≤ 1.1 × bound for every SGD solution."""
+    over = suite.threshold("C7", "over")
     m = claim.measure(measured_minimum, sgd_config)
-    tight = is_tight(suite, sgd_config)
-    claim.record(measured=m.measured(),
-                 expected={**m.bounds(), "s/bound at most": over, "s/bound at least": tight_floor if tight else None},
-                 seed=sgd_config.seed, dtype=m.a.dtype, minimum=m.point(), grids=suite.describe(),
-                 note="tight case (smallest B)" if tight else "")
+    claim.record(measured=m.measured(), expected={**m.bounds(), "s/bound at most": over},
+                 seed=sgd_config.seed, dtype=m.a.dtype, minimum=m.point(), grids=suite.describe())
     require_minimum(m)
     assert m.s_ratio <= over, (f"{case_id(sgd_config)}: s = {m.s.value:.4g} > {over} × bound {m.s_bound:.4g} "
                                f"(s/bound = {m.s_ratio:.3f})")
-    if tight:
-        assert m.s_ratio >= tight_floor, (f"{case_id(sgd_config)}: tight case but s = {m.s.value:.4g} is only "
-                                          f"{m.s_ratio:.3f} of the bound {m.s_bound:.4g} (< {tight_floor})")
+
+
+@pytest.mark.claim("C7")
+@pytest.mark.cases(tight=tight_configs)
+def test_bound_nearly_tight_for_small_batches(claim, suite, measured_minimum, tight):
+    """At the declared small-B settings the mean s/bound over their minima is at least the plan's floor
+    (small 0.75, paper 0.56): the paper's 'nearly tight', set where a 15% low bias of s falls below it."""
+    floor = suite.threshold("C7", "tight mean")
+    minima = claim.measure(lambda: [measured_minimum(c) for c in tight])
+    ratios = [m.s_ratio for m in minima]
+    mean = statistics.fmean(ratios)
+    claim.record(measured={"mean s/bound": mean, "s/bound per minimum": ratios, "max s/bound": max(ratios),
+                           "minima": [case_id(m.config) for m in minima]},
+                 expected={"mean s/bound at least": floor, "paper": "s/bound up to ≈ 0.9 for small B",
+                           "settings (lr, B)": suite.plan("C7").expect["tight settings"].value},
+                 minima=[m.point() for m in minima], grids=suite.describe())
+    for m in minima:
+        require_minimum(m)
+    assert mean >= floor, (f"the s bound is not nearly tight at small B: mean s/bound = {mean:.3f} < {floor} over "
+                           + ", ".join(f"{case_id(m.config)} {r:.3f}" for m, r in zip(minima, ratios)))
