@@ -15,6 +15,7 @@ import torch
 import stabcheck
 from claims.measured import require_minimum
 from claims.suite import case_id
+from stabcheck.curvature.criteria import NOT_CERTIFIED
 from stabcheck.experiments.toys import QuadraticToy
 
 N = 1000
@@ -84,7 +85,9 @@ def test_gd_has_no_s_side(claim):
                  expected={"s side (B=n)": math.inf, "p": 0.0, "(1 - eta a)^2": (1 - lr * a) ** 2})
     assert stabcheck.nonuniformity_bound(lr, 2, 2) == math.inf and stabcheck.noise_factor(2, 2) == 0.0
     assert gd.value == pytest.approx((1 - lr * a) ** 2, abs=1e-9)
-    assert gd.stable and not sgd.stable, f"GD {gd.value}, SGD(B=1) {sgd.value}"
+    assert gd.converged and sgd.converged, "the Theorem-1 solves must converge before their verdicts count"
+    assert gd.stable and sgd.verdict == NOT_CERTIFIED, (f"GD {gd.value} ({gd.verdict}), "
+                                                        f"SGD(B=1) {sgd.value} ({sgd.verdict})")
 
 
 @pytest.mark.claim("C3")

@@ -16,10 +16,10 @@ sharpness every ``every`` iterations (every solve must converge) and the full tr
 * Predicted unstable, within the plan's ``escape_iters`` iterations: the sharpness falls below half
   its start, or, when a > 2/η′, below 1.05·2/η′; before that the full training loss rises at least
   10× above its restart value. Exponential, not diffusive: from iteration 1 to the loss peak (T
-  iterations) ‖x_t − x*‖ grows at least 10×, a factor that the matched stable restart (the plan pairs
-  each unstable setting with a stable one of the same kind) does not reach over the same iterations
-  and that √T diffusion cannot reach (√T < 10); the fitted per-step factor is reported beside
-  √(Theorem 1) and GD's |1 − η′a|. Then training goes on until the EMA of the batch loss falls below
+  iterations) ‖x_t − x*‖ grows at least 4× more than both √T (what diffusion from the first step gives)
+  and the matched stable restart (the plan pairs each unstable setting with a stable one of the same
+  kind) over the same iterations; the fitted per-step factor is reported beside √(Theorem 1) and
+  GD's |1 − η′a|. Then training goes on until the EMA of the batch loss falls below
   the setup's tol again (re-convergence), and at that new minimum (a and s measured, converged)
   a ≤ 1.05·2/η′ and s ≤ 1.1 × the s bound at (η′, B′): a flatter minimum inside the new box.
 * Predicted stable: the sharpness stays within ±10% of its start for ``stable_iters`` iterations.
@@ -166,9 +166,9 @@ def new_minimum(traj: Trajectory, m, lr: float, batch_size: int, how, seed: int,
 @pytest.mark.cases(restart_case=restart_cases)
 def test_restart_leaves_unstable_and_keeps_stable_minima(claim, suite, measured_minimum, device, restart_run,
                                                           restart_case):
-    """Predicted-unstable restarts leave (sharpness drop, loss rise first, deviation growth ≥ 10× from
-    iteration 1 to the loss peak, which the matched stable restart and √t diffusion do not reach) and
-    re-converge inside the new box (a ≤ 1.05·2/η′, s ≤ 1.1 × s bound′); predicted-stable ones keep a
+    """Predicted-unstable restarts leave (sharpness drop, loss rise first, deviation growth from iteration
+    1 to the loss peak ≥ 4× both √T diffusion and the matched stable restart over the same iterations)
+    and re-converge inside the new box (a ≤ 1.05·2/η′, s ≤ 1.1 × s bound′); predicted-stable ones keep a
     within ±10%. Every sharpness along the way converged."""
     start, lr, batch, prediction, matched = restart_case
     plan, how = suite.plan("C9").restart, suite.profile.measurement
@@ -207,15 +207,18 @@ def test_restart_leaves_unstable_and_keeps_stable_minima(claim, suite, measured_
         stable_b = n if stable_batch is None else stable_batch
         reference = restart_run(m, stable_lr, stable_b, plan.stable_iters, plan.every, how, start.seed)
         growth, reference_growth = traj.growth(peak), reference.growth(peak)
+        slower = max(math.sqrt(peak), reference_growth)   # diffusion from the first step, or the stable restart
         slope = log_slope(traj.deviation, peak)
         measured |= {"left at iteration": t_leave, "loss peak iteration": t_peak, "loss rise": rise,
                      "deviation growth to the loss peak": growth,
                      f"matched stable restart (lr={stable_lr:g}, B={stable_b}) growth": reference_growth,
-                     "sqrt(T) diffusion growth": math.sqrt(peak), "log-deviation slope": slope,
+                     "sqrt(T) diffusion growth": math.sqrt(peak), "growth over the larger of both": growth / slower,
+                     "log-deviation slope": slope,
                      "deviation factor per step": math.exp(slope),
                      "re-converged": traj.status == "converged", "iterations to re-converge": traj.iterations,
                      "EMA loss at the end": traj.ema_loss}
-        expected |= {"leave below": threshold, "loss rise at least": loss_rise, "growth at least": growth_min,
+        expected |= {"leave below": threshold, "loss rise at least": loss_rise,
+                     "growth over the larger of both at least": growth_min,
                      "sqrt(theorem1)": math.sqrt(t1.value), "abs(1 - eta' a)": abs(1 - lr * a0),
                      "tol": start.setup.tol, "new a at most": edge_margin * a_side, "new s at most": s_over * s_side}
         if traj.status == "converged":
@@ -245,14 +248,11 @@ def test_restart_leaves_unstable_and_keeps_stable_minima(claim, suite, measured_
         assert rise >= loss_rise, (f"{label}: the loss rose only {rise:.3g}× (to {window[t_peak]:.3g} from "
                                    f"{traj.loss[0]:.3g}) before leaving at iteration {t_leave}; "
                                    f"expected ≥ {loss_rise}×")
-        assert math.sqrt(peak) < growth_min, (
-            f"{label}: the loss peaks only at iteration {peak}, where √t diffusion alone grows the deviation "
-            f"{math.sqrt(peak):.3g}× ≥ {growth_min}: this window cannot tell exponential growth from diffusion")
-        assert growth >= growth_min and reference_growth < growth_min, (
+        assert growth >= growth_min * slower, (
             f"{label}: not exponential escape: ‖x_t − x*‖ grew {growth:.3g}× from iteration 1 to the loss peak "
             f"at {peak}, the matched stable restart (η′={stable_lr:g}, B′={stable_b}) {reference_growth:.3g}× "
-            f"over the same iterations, √t diffusion {math.sqrt(peak):.3g}×; expected ≥ {growth_min}× for the "
-            "escape only")
+            f"over the same iterations, √t diffusion {math.sqrt(peak):.3g}×; expected ≥ {growth_min}× the "
+            f"larger ({growth_min * slower:.3g}×)")
         assert traj.status == "converged", (
             f"{label}: did not re-converge: EMA of the batch loss {traj.ema_loss:.3g} ≥ tol {start.setup.tol:g} "
             f"after {traj.iterations} iterations (cap {iters + plan.reconverge_iters})")
