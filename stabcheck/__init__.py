@@ -19,6 +19,9 @@ Three layers, imports running one way (reporting → experiments → curvature):
 >>> t = stabcheck.theorem1(prob, lr=0.1, batch_size=2, sharpness=a)  # reuses a's solve
 >>> t.verdict in ("certified stable", "not certified", "unknown")
 True
+>>> sweep = stabcheck.theorem1_batch_sizes(prob, lr=0.1, batch_sizes=[1, 2, 8], sharpness=a)
+>>> [r.source in ("solve", "bound") for r in sweep]   # each B solved, or decided by bounds
+[True, True, True]
 
 Each criterion's result is immutable and holds its eigensolver run (``.eigen``, an
 :class:`EigenResult` whose ``value`` is the eigenvalue of the operator solved).
@@ -26,7 +29,8 @@ Each criterion's result is immutable and holds its eigensolver run (``.eigen``, 
 from .curvature import exact
 from .curvature.bounds import noise_factor, nonuniformity_bound, sharpness_bound
 from .curvature.criteria import (
-    NonUniformityResult, SharpnessResult, Theorem1Result, non_uniformity, sharpness, theorem1,
+    NonUniformityResult, SharpnessResult, Theorem1Bound, Theorem1Result, Theorem1Sweep, non_uniformity, sharpness,
+    theorem1, theorem1_batch_sizes,
 )
 from .curvature.eigen import EigenResult, lanczos, power_iteration
 from .curvature.engines import SIGMA_ENGINES
@@ -40,7 +44,7 @@ __version__ = "0.1.0"
 __all__ = [
     "exact", "toys",
     "EigenResult", "HessianOperator", "NonUniformityResult", "Problem", "ProblemError", "SIGMA_ENGINES",
-    "SharpnessResult", "SigmaOperator", "Theorem1Operator", "Theorem1Result", "hvp", "lanczos",
-    "noise_factor", "non_uniformity", "nonuniformity_bound", "power_iteration", "sharpness",
-    "sharpness_bound", "theorem1",
+    "SharpnessResult", "SigmaOperator", "Theorem1Bound", "Theorem1Operator", "Theorem1Result", "Theorem1Sweep",
+    "hvp", "lanczos", "noise_factor", "non_uniformity", "nonuniformity_bound", "power_iteration", "sharpness",
+    "sharpness_bound", "theorem1", "theorem1_batch_sizes",
 ]

@@ -13,7 +13,7 @@ from stabcheck.curvature.exact import theorem1_threshold
 from stabcheck.curvature.operators import HessianOperator, SigmaOperator, Theorem1Operator
 from stabcheck.experiments.toys import QuadraticToy
 
-from .tiny import dense_curvature, dense_sigma, make_problem
+from .tiny import MODELS, dense_curvature, dense_sigma, make_problem
 
 TOL = 1e-10
 
@@ -193,3 +193,33 @@ def test_to_scipy_returns_the_dtype_it_documents(toy, problem_dtype, scipy_dtype
     rtol = 1e-12 if problem_dtype == scipy_dtype == np.float64 else 1e-5
     np.testing.assert_allclose(y, expected.numpy(), rtol=rtol, atol=rtol * float(expected.abs().max()))
     np.testing.assert_allclose(ys[:, 1], 2 * y, rtol=rtol)
+
+
+# ---- the H v path of HessianOperator: factored pass 1 or autodiff ---------------------------------
+@pytest.mark.parametrize("loss", ["mse", "ce"])
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+def test_sharpness_through_factored_and_autodiff_hvp_agree(model_name, loss):
+    problem = make_problem(model_name, loss)
+    assert HessianOperator(problem).hvp == "factored", "auto takes the factored H v where it applies"
+    factored = stabcheck.sharpness(problem, tol=TOL, maxiter=problem.dim, hvp="factored")
+    autodiff = stabcheck.sharpness(problem, tol=TOL, maxiter=problem.dim, hvp="autodiff")
+    assert factored.converged and autodiff.converged
+    assert abs(factored.value - autodiff.value) <= 1e-10 * abs(autodiff.value)
+
+
+def test_theorem1_through_factored_and_autodiff_hvp_agree(mlp):
+    problem = mlp[0]
+    runs = [stabcheck.theorem1(problem, 0.3, 2, tol=TOL, maxiter=problem.dim, hvp=path)
+            for path in ("factored", "autodiff")]
+    assert runs[0].verdict == runs[1].verdict
+    assert runs[0].value == pytest.approx(runs[1].value, rel=1e-10)
+    assert runs[0].rayleigh_top == pytest.approx(runs[1].rayleigh_top, rel=1e-10)
+
+
+def test_hvp_path_choice_and_refusals(toy):
+    problem = toy[0]  # the quadratic toy's model is no Sequential: the factored pass does not apply
+    assert HessianOperator(problem).hvp == HessianOperator(problem, "autodiff").hvp == "autodiff"
+    with pytest.raises(stabcheck.ProblemError, match="hvp='factored' does not apply to this problem"):
+        HessianOperator(problem, "factored")
+    with pytest.raises(stabcheck.ProblemError, match="unknown H v path 'fast'"):
+        stabcheck.sharpness(problem, hvp="fast")

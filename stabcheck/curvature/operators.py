@@ -15,10 +15,11 @@ import torch
 from scipy.sparse.linalg import LinearOperator
 from torch import Tensor
 
+from . import products
 from .bounds import noise_factor
-from .engines import resolve_engine
-from .problem import CurvatureError, Params, Problem
-from .products import axpy, hvp
+from .engines import factored, resolve_engine
+from .problem import CurvatureError, Params, Problem, ProblemError
+from .products import axpy
 
 
 # How the messages name each operator's product.
@@ -107,19 +108,42 @@ class CurvatureOperator:
         return self.matmat(torch.eye(self.problem.dim, dtype=self.dtype, device=self.device))
 
 
+#: Ways :class:`HessianOperator` computes H v ("auto": factored where it applies, else autodiff).
+HVP_PATHS = ("auto", "autodiff", "factored")
+
+
 class HessianOperator(CurvatureOperator):
     """H = (1/n) Σ_i ∇²f_i(x).
 
+    ``hvp`` picks how H v is computed: "autodiff" (forward-over-reverse,
+    :func:`~stabcheck.curvature.products.hvp`), "factored" (pass 1 of the factored Σ engine,
+    :func:`~stabcheck.curvature.engines.factored.hvp`, about 1.5× cheaper; only for the models
+    :func:`~stabcheck.curvature.engines.factored.supports` accepts) or "auto" (factored where
+    supported, else autodiff). Both give the same product. ``.hvp`` names the one that runs.
+
     >>> net = torch.nn.Linear(2, 1)
     >>> p = Problem(net, torch.randn(4, 2), torch.randn(4, 1), loss="half_sq", dtype=torch.float64)
-    >>> HessianOperator(p).to_dense().shape
-    torch.Size([3, 3])
+    >>> op = HessianOperator(p)
+    >>> op.to_dense().shape, op.hvp
+    (torch.Size([3, 3]), 'factored')
     """
 
     name = "hessian"
 
+    def __init__(self, problem: Problem, hvp: str = "auto"):
+        super().__init__(problem)
+        if hvp not in HVP_PATHS:
+            raise ProblemError(f"unknown H v path {hvp!r}; choose one of {HVP_PATHS}")
+        if hvp == "factored" and not factored.supports(problem):
+            reason = factored.unsupported_reason(problem)
+            raise ProblemError(f"hvp='factored' does not apply to this problem: {reason}; use hvp='autodiff' or 'auto'")
+        if hvp == "auto":
+            hvp = "factored" if factored.supports(problem) else "autodiff"
+        self.hvp = hvp
+        self._product = factored.hvp if hvp == "factored" else products.hvp
+
     def _apply(self, v: Params) -> Params:
-        return hvp(self.problem, v)
+        return self._product(self.problem, v)
 
 
 class SigmaOperator(CurvatureOperator):
@@ -147,17 +171,19 @@ class Theorem1Operator(CurvatureOperator):
     T − I = η²(H² + pΣ) − 2ηH vanishes on the common null space of H and Σ, so its top
     eigenvalue is found without resolving a cluster of eigenvalues at 1. One product makes two
     products with ``hessian`` and, when p > 0, one with ``sigma``. The Σ engine is resolved (an
-    unknown name raises) even at p = 0 (B = n), where Σ is not applied.
+    unknown name raises) even at p = 0 (B = n), where Σ is not applied. ``hvp`` is the H v path
+    of :class:`HessianOperator`.
     """
 
     name = "theorem1"
 
-    def __init__(self, problem: Problem, lr: float, batch_size: int, engine: str = "auto", excess: bool = False):
+    def __init__(self, problem: Problem, lr: float, batch_size: int, engine: str = "auto", excess: bool = False,
+                 hvp: str = "auto"):
         super().__init__(problem)
         self.lr = float(lr)
         self.batch_size = int(batch_size)
         self.p = noise_factor(problem.n, batch_size)
-        self.hessian = HessianOperator(problem)
+        self.hessian = HessianOperator(problem, hvp)
         self.sigma = SigmaOperator(problem, engine)
         self.engine = self.sigma.engine
         self.excess = excess
