@@ -37,7 +37,14 @@ def test_measure_prints_table_and_writes_json_matching_the_library(saved, capsys
     assert result["non_uniformity"]["value"] == pytest.approx(stabcheck.non_uniformity(prob).value, rel=1e-6)
     assert [r["batch_size"] for r in result["settings"]] == [1, 12]
     assert result["settings"][1]["nonuniformity_bound"] is None  # GD's bound is infinite: JSON null
-    assert result["settings"][0]["theorem1"] == pytest.approx(stabcheck.theorem1(prob, 0.5, 1).value, rel=1e-6)
+    # One sweep: GD (the largest B) is solved and is not certified, which decides B = 1 by a bound.
+    sgd, gd = result["settings"]
+    assert (gd["theorem1_source"], sgd["theorem1_source"], sgd["theorem1"]) == ("solve", "bound", None)
+    assert gd["theorem1"] == pytest.approx(stabcheck.theorem1(prob, 0.5, 12).value, rel=1e-6)
+    separate = stabcheck.theorem1(prob, 0.5, 1)
+    assert sgd["theorem1_verdict"] == separate.verdict == "not certified"
+    assert sgd["theorem1_lower"] <= separate.value and sgd["theorem1_upper"] is None
+    assert f">={sgd['theorem1_lower']:.6f}" in table
 
 
 @pytest.mark.parametrize("change,message", [
