@@ -220,7 +220,19 @@ class Problem:
     # ---- sizes and flattening -------------------------------------------------------------
     @property
     def n(self) -> int:
+        """Number of samples of the problem (on every process together when sharded)."""
         return self.inputs.shape[0]
+
+    @property
+    def n_local(self) -> int:
+        """Number of samples held here, the ones :meth:`chunks` covers: ``n`` unless sharded."""
+        return self.inputs.shape[0]
+
+    def all_sum(self, tree: Params) -> Params:
+        """Σ over the processes holding the samples of a sum over the samples held here: the identity
+        unless sharded (:mod:`stabcheck.curvature.distributed`). Call it once a sum over
+        :meth:`chunks` is complete, before dividing by n."""
+        return tree
 
     @property
     def dim(self) -> int:
@@ -237,7 +249,7 @@ class Problem:
     def chunks(self, size: int | None = None) -> list[slice]:
         """Consecutive sample slices of at most ``size`` (default ``chunk_size``) samples."""
         size = size or self.chunk_size
-        return [slice(i, min(i + size, self.n)) for i in range(0, self.n, size)]
+        return [slice(i, min(i + size, self.n_local)) for i in range(0, self.n_local, size)]
 
     # ---- losses ---------------------------------------------------------------------------
     def forward(self, params: Mapping[str, Tensor], inputs: Tensor) -> Tensor:
@@ -260,7 +272,7 @@ class Problem:
         """Total loss f(x) = (1/n) Σ_i f_i(x)."""
         params = self.params if params is None else params
         total = sum(self.sum_loss_fn(c)(params) for c in self.chunks())
-        return float(total) / self.n
+        return float(self.all_sum({"loss": total})["loss"]) / self.n
 
     def _check_output_and_loss(self) -> None:
         x, y = self.inputs[:1], self.targets[:1]

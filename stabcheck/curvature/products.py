@@ -36,7 +36,7 @@ def hvp(problem: Problem, v: Params) -> Params:
     for chunk in problem.chunks():
         _, hv = jvp(grad(problem.sum_loss_fn(chunk)), (problem.params,), (v,))
         acc = axpy(acc, hv)
-    return scale(acc, 1.0 / problem.n)
+    return scale(problem.all_sum(acc), 1.0 / problem.n)
 
 
 def sample_hvp(problem: Problem, params: Params, x: Tensor, y: Tensor, v: Params) -> Params:

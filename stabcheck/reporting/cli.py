@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..curvature import distributed
 from ..curvature.problem import ProblemError
 from . import compare
 from .report import ReportError, write_atomic
@@ -213,10 +214,15 @@ def measure(args) -> dict:
     from .. import (Problem, ProblemError, non_uniformity, nonuniformity_bound, sharpness, sharpness_bound,
                     theorem1_batch_sizes)
 
+    try:  # under torchrun: join the other ranks (before the Problem: a CUDA rank takes its own GPU)
+        group = distributed.init(args.device, timeout_s=args.dist_timeout)
+    except ValueError as err:
+        raise CliError(f"--dist-timeout: {err}") from None
     x, y, in_shape, k, outputs_from = load_data(args)
     model = load_model(Path(args.model), args.arch, in_shape, k, outputs_from)
     try:
-        prob = Problem(model, x, y, loss=args.loss, dtype=DTYPES[args.dtype], device=args.device)
+        prob = distributed.shard(Problem(model, x, y, loss=args.loss, dtype=DTYPES[args.dtype], device=args.device),
+                                 group)
     except ProblemError as err:
         raise CliError(str(err)) from err
     batches = sorted(set(args.batch_size or [prob.n]))
@@ -224,7 +230,8 @@ def measure(args) -> dict:
     if bad:
         raise CliError(f"--batch-size must lie in [1, n={prob.n}], got {bad}")
     opts = dict(method=args.method, tol=args.tol, maxiter=args.maxiter, seed=args.seed)
-    progress = (lambda msg: print(msg, file=sys.stderr)) if not args.quiet else (lambda msg: None)
+    quiet = args.quiet or distributed.rank() != 0
+    progress = (lambda msg: print(msg, file=sys.stderr)) if not quiet else (lambda msg: None)
     progress(f"[measure] n={prob.n}, d={prob.dim}, loss={args.loss}, dtype={args.dtype}, device={args.device}")
     a = sharpness(prob, **opts)
     progress(f"[measure] sharpness a = {a.value:.6g} ({a.matvecs} products, converged={a.converged})")
@@ -249,7 +256,7 @@ def measure(args) -> dict:
     return {
         "model": args.model, "n": prob.n, "dim": prob.dim, "loss": args.loss, "lr": args.lr,
         "training_loss": prob.loss_value(), "sharpness": a.as_dict(), "non_uniformity": s.as_dict(),
-        "settings": rows, "mode": "eval",
+        "settings": rows, "mode": "eval", "processes": distributed.world_size(),
     }
 
 
@@ -311,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the result as JSON to FILE in an existing folder; '-' writes it to standard "
                         "output and the table to standard error. Infinite values (GD's s bound) are written as null")
     m.add_argument("--quiet", action="store_true", help="no progress messages on standard error")
+    m.add_argument("--dist-timeout", type=float, default=distributed.DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                   help="under torchrun (each rank holds a share of the samples): seconds a rank waits for the "
+                        f"others before it fails with an error (default {distributed.DEFAULT_TIMEOUT_S:g})")
 
     r = sub.add_parser("report", help="draw the figures of a claims run from its claims.json",
                        description="Regenerate the figures (PNG) of a report folder from its claims.json.")
@@ -329,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.n = 1000
             check_measure_args(args)
             result = measure(args)
+            if distributed.rank() != 0:  # every rank holds the same result; rank 0 alone reports it
+                return 0
             print(_table(result), file=sys.stderr if args.json == "-" else sys.stdout)
             text = json.dumps(json_ready(result), indent=1, allow_nan=False)
             if args.json == "-":
@@ -345,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
 
             for path in draw_all(Path(args.folder)):
                 print(path)
-    except (CliError, ReportError, ProblemError) as err:  # ProblemError: e.g. a non-finite curvature product
+    # ProblemError: e.g. a non-finite curvature product; DistributedError: another rank failed or timed out
+    except (CliError, ReportError, ProblemError, distributed.DistributedError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

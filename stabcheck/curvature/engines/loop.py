@@ -15,7 +15,7 @@ def sigma_loop(problem: Problem, v: Params, centred: bool) -> Params:
     hv = hvp(problem, v) if centred else None
     acc: Params | None = None
     w_sum: Params | None = None
-    for i in range(problem.n):
+    for i in range(problem.n_local):
         loss = problem.single_loss(params, problem.inputs[i], problem.targets[i])
         # materialize_grads: a parameter the forward does not use has H_i = 0 (zeros, not an error)
         g = torch.autograd.grad(loss, leaves, create_graph=True, materialize_grads=True)

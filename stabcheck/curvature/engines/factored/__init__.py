@@ -59,13 +59,15 @@ def sigma_factored(problem: Problem, v: Params, centred: bool) -> Params:
     n = problem.n
     chunks = problem.chunks()
     with torch.no_grad():
-        hv_mean = {k: t / n for k, t in hv_sum(plan, problem, v).items()} if len(chunks) > 1 else None
+        # H v takes one all_sum on every rank, here or after the single chunk's pass 1 below.
+        hv_mean = ({k: t / n for k, t in problem.all_sum(hv_sum(plan, problem, v)).items()}
+                   if len(chunks) > 1 else None)
         out: Params = {}
         h_hv: Params = {}
         for c in chunks:
             records = pass1(plan, problem.params, problem.inputs[c], problem.targets[c], problem.loss, v)
             if hv_mean is None:
-                hv_mean = {k: t / n for k, t in records.hv_sum.items()}
+                hv_mean = {k: t / n for k, t in problem.all_sum(records.hv_sum).items()}
             if centred:
                 pass2(plan, records, Pass2Context(problem.params, True, {k: -t for k, t in hv_mean.items()}, out))
             else:
@@ -75,6 +77,7 @@ def sigma_factored(problem: Problem, v: Params, centred: bool) -> Params:
         if not centred:
             for k in out:
                 out[k].sub_(h_hv[k])
+        out = problem.all_sum(out)
         return {k: out[k].div_(n) for k in problem.names}
 
 
@@ -86,5 +89,5 @@ def hvp(problem: Problem, v: Params) -> Params:
     """
     plan = plan_for(problem)
     with torch.no_grad():
-        total = hv_sum(plan, problem, v)
+        total = problem.all_sum(hv_sum(plan, problem, v))
     return {k: total[k].div_(problem.n) for k in problem.names}
