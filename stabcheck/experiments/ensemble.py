@@ -7,14 +7,24 @@ member (``diverged``, no update); otherwise v ← μ v + g, x ← x − η v, th
 ema ← d·ema + (1 − d)·loss and the member ends ``converged`` when ema < tol (from ``min_iters`` on),
 or ``max_iters`` at the cap. The flags live on the device: a member that stops is frozen by masking
 from that step on, and the host reads them only every ``check_every`` steps (then drops the
-stopped members from the stack), yet each record holds the exact stopping iteration.
+stopped members from the stack), yet each record holds the exact stopping iteration. No callback,
+no checkpoints (``train`` has both).
 
 Engines: ``mlp`` for ``[Flatten] Linear (ReLU Linear)*`` nets such as the paper's FNN: batched
 matmuls and a written-out backward that adds −η δᵀa straight into the weights (one ``baddbmm``
-per layer, no gradient tensors; the cost of a step is mostly moving weights through memory);
-``vmap``: any model (buffers such as BatchNorm statistics included) by ``functional_call`` under
-``vmap(grad_and_value)``. Both equal ``train`` up to rounding: batched products and the fused
-update round differently (figures in tests/test_ensemble.py).
+per layer, no gradient tensors); ``vmap``: any model (buffers such as BatchNorm statistics
+included) by ``functional_call`` under ``vmap(grad_and_value)``. Both equal ``train`` up to
+rounding, and a member's result does not depend on the others. Measured on this CPU (MKL): the
+mlp engine bit-identical to ``train`` (float32 and float64, SGD and GD, with and without momentum,
+when every product has at least 400 multiply-adds: below, torch's bmm runs its own loop); vmap
+bit-identical or within 5e-16 (float64), which a BatchNorm net amplifies to 1e-10 in 200 steps.
+
+Cost on the 2-core CPU, one thread, 5 members against one ``train`` run (benchmarks/test_training.py):
+paper FNN, B = 10: see benchmarks/README.md (the batched matmuls stream 5 sets of weights through
+memory); the small profile's FNN 784-50-50-10, B = 10: 1.2×. The vmap engine is for models the mlp
+engine does not take: on the CPU it is slower than training the members one after another (10× one
+run for the paper FNN: ``torch.where`` and fresh gradient tensors every step); on a GPU it saves
+the launches.
 
 >>> import copy, torch
 >>> from stabcheck.experiments.models import FNN
@@ -80,13 +90,20 @@ def mlp_layers(model: nn.Module) -> tuple[bool, list[str]] | None:
 
 
 class _MLPEngine:
-    """Batched forward a_{l+1} = relu(a_l W_lᵀ + b_l) and a written-out backward with fused updates."""
+    """Batched forward a_{l+1} = relu(a_l W_lᵀ + b_l) and a written-out backward, updates as train()'s SGD."""
 
-    def __init__(self, model: nn.Module, loss: str, lr: float, momentum: float):
+    def __init__(self, model: nn.Module, loss: str, lr: float, momentum: float, fused_update: bool):
         flatten, names = mlp_layers(model)
         self.flatten = flatten
         self.layers = [(f"{name}.weight", f"{name}.bias") for name in names]
-        self.loss, self.lr, self.momentum = loss, lr, momentum
+        self.loss, self.lr, self.momentum, self.fused_update = loss, lr, momentum, fused_update
+        self._gradients: dict[str, Tensor] = {}  # reused: fresh (M, out, in) tensors every step page-fault
+
+    def _gradient_buffer(self, like: Tensor, key: str) -> Tensor:
+        buffer = self._gradients.get(key)
+        if buffer is None or buffer.shape != like.shape:  # first use, or members left the stack
+            buffer = self._gradients[key] = torch.empty_like(like)
+        return buffer
 
     def inputs(self, x: Tensor) -> Tensor:
         return x.flatten(1) if self.flatten else x
@@ -124,13 +141,17 @@ class _MLPEngine:
             # δ of the layer below with the old W, through ReLU′ as autograd applies it.
             below = torch.ops.aten.threshold_backward(torch.bmm(delta, params[w]), acts[i], 0) if i > 0 else None
             bias_grad = delta.sum(1)
-            if self.momentum:
+            if self.momentum:  # v ← μv + δᵀa in one product rounds as train()'s v.mul_(μ).add_(g)
                 momenta[w].mul_(_member_view(mu, momenta[w])).baddbmm_(delta.transpose(1, 2), a)
                 momenta[b].mul_(_member_view(mu, momenta[b])).add_(bias_grad)
                 params[w].add_(momenta[w], alpha=-self.lr)
                 params[b].add_(momenta[b], alpha=-self.lr)
-            else:
+            elif self.fused_update:  # x ← x − η δᵀa in one product: one rounding where train() has two
                 params[w].baddbmm_(delta.transpose(1, 2), a, alpha=-self.lr)
+                params[b].add_(bias_grad, alpha=-self.lr)
+            else:
+                gradient = torch.bmm(delta.transpose(1, 2), a, out=self._gradient_buffer(params[w], w))
+                params[w].add_(gradient, alpha=-self.lr)
                 params[b].add_(bias_grad, alpha=-self.lr)
             delta = below
 
@@ -138,7 +159,9 @@ class _MLPEngine:
 class _VmapEngine:
     """Per-member gradients of any model by ``vmap(grad_and_value(functional_call))``, masked updates."""
 
-    def __init__(self, model: nn.Module, loss: str, lr: float, momentum: float):
+    def __init__(self, model: nn.Module, loss: str, lr: float, momentum: float, fused_update: bool):
+        if fused_update:
+            raise TrainError("fused_update needs the mlp engine (a [Flatten] Linear (ReLU Linear)* net)")
         base = copy.deepcopy(model).to("meta").train()  # the structure only; values come stacked
 
         def member_loss(params, buffers, xb, yb):
@@ -189,6 +212,7 @@ def train_ensemble(
     dtype: torch.dtype | None = None,
     check_every: int = 50,
     engine: str = "auto",
+    fused_update: bool = False,
     progress: bool | Callable[[dict], None] = False,
     progress_every: float = 10.0,
     num_threads: int | None = None,
@@ -200,9 +224,11 @@ def train_ensemble(
     is the ensemble's time until the member's stop was read. The members must be distinct modules
     of one architecture. ``check_every``: steps between host reads of the stop flags (the one
     synchronisation with a GPU; stopped members run on frozen until the next read, then leave the
-    stack); it changes no result. ``engine``: ``auto``
-    takes ``mlp`` where the net qualifies (:func:`mlp_layers`), else ``vmap``. ``progress`` and
-    ``num_threads`` as in ``train`` (progress is reported at the checks).
+    stack); it changes no result. ``engine``: ``auto`` takes ``mlp`` where the net qualifies
+    (:func:`mlp_layers`), else ``vmap``. ``fused_update`` (mlp engine, μ = 0): x ← x − η δᵀa in one
+    product, no gradient tensor; faster (paper FNN, B = 10: 0.6× the step time) but rounded once
+    where ``train`` rounds twice, so long float32 runs drift apart from ``train``'s. ``progress``
+    and ``num_threads`` as in ``train`` (progress is reported at the checks).
     """
     if num_threads is not None and num_threads < 1:
         raise TrainError(f"num_threads must be a positive integer or None, got {num_threads}")
@@ -214,7 +240,8 @@ def train_ensemble(
             return _train_ensemble(list(models), inputs, targets, lr=lr, batch_size=batch_size, seeds=list(seeds),
                                    loss=loss, momentum=momentum, tol=tol, max_iters=max_iters, min_iters=min_iters,
                                    sampler=sampler, ema_decay=ema_decay, device=device, dtype=dtype,
-                                   check_every=check_every, engine=engine, progress=progress,
+                                   check_every=check_every, engine=engine, fused_update=fused_update,
+                                   progress=progress,
                                    progress_every=progress_every)
     finally:
         torch.set_num_threads(previous)
@@ -249,7 +276,7 @@ def _pick_engine(engine: str, model: nn.Module):
 
 
 def _train_ensemble(models, inputs, targets, *, lr, batch_size, seeds, loss, momentum, tol, max_iters, min_iters,
-                    sampler, ema_decay, device, dtype, check_every, engine, progress,
+                    sampler, ema_decay, device, dtype, check_every, engine, fused_update, progress,
                     progress_every) -> list[TrainRecord]:
     lr = check_lr(lr)
     n = int(inputs.shape[0])
@@ -275,7 +302,7 @@ def _train_ensemble(models, inputs, targets, *, lr, batch_size, seeds, loss, mom
     samplers = [BatchSampler(n, batch_size, sampler, seed) for seed in seeds]
     for m in models:
         m.to(device=device, dtype=dtype).train()
-    step_engine = engine_cls(models[0], loss, lr, momentum)
+    step_engine = engine_cls(models[0], loss, lr, momentum, fused_update)
     x_full = inputs.to(device, dtype)
     x = step_engine.inputs(x_full)
     y = targets.to(device) if loss == "ce" else targets.to(device, dtype)
