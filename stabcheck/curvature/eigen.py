@@ -166,7 +166,9 @@ def lanczos(
     start = time.perf_counter()
     maxiter = min(maxiter, dim)
     q = _start_vector(dim, seed, dtype, device)
-    basis: list[Tensor] = []
+    # The Lanczos vectors as rows of one buffer that grows geometrically: stacking a list of them at
+    # every step copied k·d numbers per step (30 s of a 108-step solve at d = 9e5).
+    basis = torch.empty((min(maxiter, 16), dim), dtype=dtype, device=device)
     alphas: list[float] = []
     betas: list[float] = []
     history: list[float] = []
@@ -175,13 +177,15 @@ def lanczos(
     certifications = 0
     residual = math.inf
     for k in range(1, maxiter + 1):
-        basis.append(q)
+        if k > basis.shape[0]:
+            basis = torch.cat([basis, torch.empty_like(basis[: min(basis.shape[0], maxiter - basis.shape[0])])])
+        basis[k - 1] = q
         w = matvec(q)
         alpha = float(q @ w)
         alphas.append(alpha)
-        Q = torch.stack(basis, dim=1)
+        Q = basis[:k]
         for _ in range(2):  # twice is enough (Kahan–Parlett)
-            w = w - Q @ (Q.T @ w)
+            w = w - Q.T @ (Q @ w)
         beta = float(w.norm())
         T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
         if k > 1:
@@ -195,7 +199,7 @@ def lanczos(
         history.append(theta)
         invariant = beta <= 1e-12 * max(scale, 1e-300)  # the Krylov space is invariant: nothing more to find
         if estimate <= target or invariant or k == maxiter:
-            vector = Q @ ritz.to(dtype=dtype, device=Q.device)
+            vector = Q.T @ ritz.to(dtype=dtype, device=Q.device)
             vector = vector / vector.norm()
             if not certify:
                 residual = estimate
