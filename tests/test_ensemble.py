@@ -78,14 +78,15 @@ def _assert_as_alone(alone, together, tol):
 
 
 SGD_AND_GD = [pytest.param(5, id="B5"), pytest.param(N, id="GD")]
-ENGINES = [pytest.param({"engine": "mlp"}, id="mlp"), pytest.param({"engine": "mlp", "fused_update": True}, id="fused"),
-           pytest.param({"engine": "vmap"}, id="vmap")]
+# (engine options, momentum); the fused update is for plain SGD only.
+UPDATES = [pytest.param({"engine": "mlp"}, 0.0, id="mlp"), pytest.param({"engine": "mlp"}, 0.9, id="mlp-mu0.9"),
+           pytest.param({"engine": "mlp", "fused_update": True}, 0.0, id="fused"),
+           pytest.param({"engine": "vmap"}, 0.0, id="vmap"), pytest.param({"engine": "vmap"}, 0.9, id="vmap-mu0.9")]
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine, momentum", UPDATES)
 @pytest.mark.parametrize("batch_size", SGD_AND_GD)
-@pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_members_equal_train_float64(engine, batch_size, momentum):
+def test_members_equal_train_float64(engine, momentum, batch_size):
     x, y = _data()
     kw = {"lr": 0.5, "batch_size": batch_size, "momentum": momentum, "tol": 5e-3, "max_iters": 400}
     alone = _reference(torch.float64, (16,), tuple(kw.items()))
@@ -95,20 +96,20 @@ def test_members_equal_train_float64(engine, batch_size, momentum):
     _assert_as_alone(alone, together, 1e-10)
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine, momentum", UPDATES)
 @pytest.mark.parametrize("batch_size", SGD_AND_GD)
-def test_members_close_to_train_float32(engine, batch_size):
+def test_members_close_to_train_float32(engine, momentum, batch_size):
     """Batched products and the fused update may round differently from train(): ≤ 1e-4 relative.
 
     Measured on this CPU (MKL): the mlp engine is bit-identical to train() (here; the paper's FNN
-    and the small profile's, SGD and GD, 150 steps; 3000 steps of a 16-32-32-3 net), so it is
-    asserted. Below 400 multiply-adds per product torch's bmm runs its own loop, which rounds
+    and the small profile's, SGD and GD, with and without momentum, 150 steps; 3000 steps of a
+    16-32-32-3 net), so it is asserted. Below 400 multiply-adds per product torch's bmm runs its own loop, which rounds
     otherwise: hence width 64 here. vmap came out bit-identical in float32 too, and within 5e-16
     in float64. The fused update differs by ulps (paper FNN after 150 GD steps: 1.1e-4), and a
     float32 GD run at the edge of stability stopped 44 iterations later (2882 against 2838).
     """
     x, y = _data(torch.float32)
-    kw = {"lr": 0.5, "batch_size": batch_size, "tol": 2e-4, "max_iters": 400}
+    kw = {"lr": 0.5, "batch_size": batch_size, "momentum": momentum, "tol": 2e-4, "max_iters": 400}
     alone = _reference(torch.float32, (64,), tuple(kw.items()))
     together = train_ensemble(_nets(torch.float32, widths=(64,)), x, y, seeds=SEEDS, **engine, **kw)
     agreeing = [(a, b) for a, b in zip(alone, together) if a.iterations == b.iterations]
@@ -230,6 +231,7 @@ def test_progress_reports_at_the_checks():
     ({"batch_size": N + 1}, "batch size"),
     ({"tol": 0.0}, "tol"),
     ({"engine": "vmap", "fused_update": True}, "fused_update"),
+    ({"momentum": 0.5, "fused_update": True}, "fused_update"),
 ])
 def test_bad_settings(change, match):
     x, y = _data()

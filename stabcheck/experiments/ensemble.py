@@ -93,15 +93,17 @@ class _MLPEngine:
     """Batched forward a_{l+1} = relu(a_l W_lᵀ + b_l) and a written-out backward, updates as train()'s SGD."""
 
     def __init__(self, model: nn.Module, loss: str, lr: float, momentum: float, fused_update: bool):
+        if fused_update and momentum:
+            raise TrainError("fused_update is for plain SGD (momentum 0): v ← μv + g needs the gradient itself")
         flatten, names = mlp_layers(model)
         self.flatten = flatten
         self.layers = [(f"{name}.weight", f"{name}.bias") for name in names]
         self.loss, self.lr, self.momentum, self.fused_update = loss, lr, momentum, fused_update
-        self._gradients: dict[str, Tensor] = {}  # reused: fresh (M, out, in) tensors every step page-fault
+        self._gradients: dict[str, Tensor] = {}  # one member's weight gradient per layer, reused
 
     def _gradient_buffer(self, like: Tensor, key: str) -> Tensor:
         buffer = self._gradients.get(key)
-        if buffer is None or buffer.shape != like.shape:  # first use, or members left the stack
+        if buffer is None:
             buffer = self._gradients[key] = torch.empty_like(like)
         return buffer
 
@@ -140,19 +142,19 @@ class _MLPEngine:
             a = acts[i] if i == 0 else torch.nan_to_num(acts[i], nan=0.0, posinf=0.0, neginf=0.0)
             # δ of the layer below with the old W, through ReLU′ as autograd applies it.
             below = torch.ops.aten.threshold_backward(torch.bmm(delta, params[w]), acts[i], 0) if i > 0 else None
-            bias_grad = delta.sum(1)
-            if self.momentum:  # v ← μv + δᵀa in one product rounds as train()'s v.mul_(μ).add_(g)
-                momenta[w].mul_(_member_view(mu, momenta[w])).baddbmm_(delta.transpose(1, 2), a)
-                momenta[b].mul_(_member_view(mu, momenta[b])).add_(bias_grad)
-                params[w].add_(momenta[w], alpha=-self.lr)
-                params[b].add_(momenta[b], alpha=-self.lr)
-            elif self.fused_update:  # x ← x − η δᵀa in one product: one rounding where train() has two
-                params[w].baddbmm_(delta.transpose(1, 2), a, alpha=-self.lr)
-                params[b].add_(bias_grad, alpha=-self.lr)
-            else:
-                gradient = torch.bmm(delta.transpose(1, 2), a, out=self._gradient_buffer(params[w], w))
-                params[w].add_(gradient, alpha=-self.lr)
-                params[b].add_(bias_grad, alpha=-self.lr)
+            bias_grad, delta_t = delta.sum(1), delta.transpose(1, 2)
+            if self.fused_update:  # x ← x − η δᵀa in one product: one rounding where train() has two
+                params[w].baddbmm_(delta_t, a, alpha=-self.lr)
+            else:  # train()'s own ops member by member; one member's g stays in the cache until it is used
+                gradient = self._gradient_buffer(params[w][0], w)
+                for m in range(params[w].shape[0]):
+                    step = torch.mm(delta_t[m], a[m], out=gradient)
+                    if self.momentum:
+                        step = momenta[w][m].mul_(mu[m]).add_(step)
+                    params[w][m].add_(step, alpha=-self.lr)
+            if self.momentum:
+                bias_grad = momenta[b].mul_(_member_view(mu, momenta[b])).add_(bias_grad)
+            params[b].add_(bias_grad, alpha=-self.lr)
             delta = below
 
 
