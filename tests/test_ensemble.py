@@ -8,6 +8,7 @@ from functools import lru_cache
 import pytest
 import torch
 
+from stabcheck.experiments import ensemble
 from stabcheck.experiments.ensemble import train_ensemble
 from stabcheck.experiments.models import build_model
 from stabcheck.experiments.train import TrainError, train
@@ -78,19 +79,29 @@ def _assert_as_alone(alone, together, tol):
 
 
 SGD_AND_GD = [pytest.param(5, id="B5"), pytest.param(N, id="GD")]
-# (engine options, momentum); the fused update is for plain SGD only.
+# (engine options, momentum); the fused update is for plain SGD only. "per-member": the mlp engine's
+# weight gradients one member at a time, as it does for nets larger than these.
 UPDATES = [pytest.param({"engine": "mlp"}, 0.0, id="mlp"), pytest.param({"engine": "mlp"}, 0.9, id="mlp-mu0.9"),
+           pytest.param({"engine": "mlp", "per_member": True}, 0.0, id="per-member"),
+           pytest.param({"engine": "mlp", "per_member": True}, 0.9, id="per-member-mu0.9"),
            pytest.param({"engine": "mlp", "fused_update": True}, 0.0, id="fused"),
            pytest.param({"engine": "vmap"}, 0.0, id="vmap"), pytest.param({"engine": "vmap"}, 0.9, id="vmap-mu0.9")]
 
 
+def _options(engine: dict, monkeypatch) -> dict:
+    """train_ensemble's options; per_member lowers the size above which gradients go member by member."""
+    if engine.get("per_member"):
+        monkeypatch.setattr(ensemble, "BATCHED_GRADIENT_BYTES", 0)
+    return {k: v for k, v in engine.items() if k != "per_member"}
+
+
 @pytest.mark.parametrize("engine, momentum", UPDATES)
 @pytest.mark.parametrize("batch_size", SGD_AND_GD)
-def test_members_equal_train_float64(engine, momentum, batch_size):
+def test_members_equal_train_float64(engine, momentum, batch_size, monkeypatch):
     x, y = _data()
     kw = {"lr": 0.5, "batch_size": batch_size, "momentum": momentum, "tol": 5e-3, "max_iters": 400}
     alone = _reference(torch.float64, (16,), tuple(kw.items()))
-    together = train_ensemble(_nets(), x, y, seeds=SEEDS, check_every=16, **engine, **kw)
+    together = train_ensemble(_nets(), x, y, seeds=SEEDS, check_every=16, **_options(engine, monkeypatch), **kw)
     # The members stop at different steps, so later steps run with frozen members.
     assert len({r.iterations for r in alone}) > 1
     _assert_as_alone(alone, together, 1e-10)
@@ -98,7 +109,7 @@ def test_members_equal_train_float64(engine, momentum, batch_size):
 
 @pytest.mark.parametrize("engine, momentum", UPDATES)
 @pytest.mark.parametrize("batch_size", SGD_AND_GD)
-def test_members_close_to_train_float32(engine, momentum, batch_size):
+def test_members_close_to_train_float32(engine, momentum, batch_size, monkeypatch):
     """Batched products and the fused update may round differently from train(): ≤ 1e-4 relative.
 
     Measured on this CPU (MKL): the mlp engine is bit-identical to train() (here; the paper's FNN
@@ -111,13 +122,14 @@ def test_members_close_to_train_float32(engine, momentum, batch_size):
     x, y = _data(torch.float32)
     kw = {"lr": 0.5, "batch_size": batch_size, "momentum": momentum, "tol": 2e-4, "max_iters": 400}
     alone = _reference(torch.float32, (64,), tuple(kw.items()))
-    together = train_ensemble(_nets(torch.float32, widths=(64,)), x, y, seeds=SEEDS, **engine, **kw)
+    together = train_ensemble(_nets(torch.float32, widths=(64,)), x, y, seeds=SEEDS, **_options(engine, monkeypatch),
+                              **kw)
     agreeing = [(a, b) for a, b in zip(alone, together) if a.iterations == b.iterations]
     assert agreeing
     for a, b in agreeing:
         relative = max(float((a.state[k] - b.state[k]).abs().max() / a.state[k].abs().max()) for k in a.state)
         assert relative <= 1e-4, (a.seed, relative)
-    if engine == {"engine": "mlp"}:
+    if not engine.get("fused_update") and engine["engine"] == "mlp":
         assert len(agreeing) == len(SEEDS) and all(a.loss_curve == b.loss_curve for a, b in agreeing)
         assert all(torch.equal(a.state[k], b.state[k]) for a, b in agreeing for k in a.state)
 

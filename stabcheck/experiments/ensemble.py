@@ -57,6 +57,12 @@ from .train import DIVERGENCE_LOSS, BatchSampler, TrainError, TrainRecord, full_
 
 ENGINES = ("auto", "mlp", "vmap")
 
+#: The mlp engine computes the weight gradients of all members in one product up to this size,
+#: member by member above it: then one member's stays in the cache (2 MiB L2 per core here) until
+#: its update reads it. Measured: the small profile's FNN batched 16% faster, the paper's FNN
+#: member by member 15% faster.
+BATCHED_GRADIENT_BYTES = 1 << 20
+
 _RUNNING, _CONVERGED, _DIVERGED = 0, 1, 2
 _STATUS_NAMES = {_RUNNING: "max_iters", _CONVERGED: "converged", _DIVERGED: "diverged"}
 
@@ -99,11 +105,11 @@ class _MLPEngine:
         self.flatten = flatten
         self.layers = [(f"{name}.weight", f"{name}.bias") for name in names]
         self.loss, self.lr, self.momentum, self.fused_update = loss, lr, momentum, fused_update
-        self._gradients: dict[str, Tensor] = {}  # one member's weight gradient per layer, reused
+        self._gradients: dict[str, Tensor] = {}  # weight gradients, reused (fresh large tensors page-fault)
 
     def _gradient_buffer(self, like: Tensor, key: str) -> Tensor:
         buffer = self._gradients.get(key)
-        if buffer is None:
+        if buffer is None or buffer.shape != like.shape:  # first use, or members left the stack
             buffer = self._gradients[key] = torch.empty_like(like)
         return buffer
 
@@ -145,7 +151,12 @@ class _MLPEngine:
             bias_grad, delta_t = delta.sum(1), delta.transpose(1, 2)
             if self.fused_update:  # x ← x − η δᵀa in one product: one rounding where train() has two
                 params[w].baddbmm_(delta_t, a, alpha=-self.lr)
-            else:  # train()'s own ops member by member; one member's g stays in the cache until it is used
+            elif params[w].numel() * params[w].element_size() <= BATCHED_GRADIENT_BYTES:
+                step = torch.bmm(delta_t, a, out=self._gradient_buffer(params[w], w))
+                if self.momentum:
+                    step = momenta[w].mul_(_member_view(mu, momenta[w])).add_(step)
+                params[w].add_(step, alpha=-self.lr)
+            else:  # member by member: one member's g stays in the cache until it is used
                 gradient = self._gradient_buffer(params[w][0], w)
                 for m in range(params[w].shape[0]):
                     step = torch.mm(delta_t[m], a[m], out=gradient)
