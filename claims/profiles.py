@@ -216,8 +216,9 @@ C13 = {
 }
 C14 = {**EDGE, "alpha": Threshold(0.05, "one-sided Kendall test level (3 seeds per μ leave a t-test without power)")}
 
-MIN_R_SMALL = Threshold(0.9, "the issue's threshold for fewer and smaller nets (measured r = 0.987 over the 33 "
-                             "small FNN minima)")
+MIN_R_SMALL = Threshold(0.9, "below the paper's 0.95 for fewer, smaller nets whose r rests on 8-18 minima "
+                             "(measured r = 0.990 over the 18 small FNN minima, 0.978 over the 8 BatchNorm-free "
+                             "ResidualFNN ones)")
 MIN_R_PAPER = Threshold(0.95, "the paper's value (r > 0.95 on both datasets)")
 
 # ---- the paper's numbers (PAPER.md §4), for the paper's FashionMNIST FNN -------------------------------
