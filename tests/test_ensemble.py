@@ -44,18 +44,18 @@ def _alone(nets, x, y, seeds=SEEDS, **kw):
     return [train(copy.deepcopy(net), x, y, seed=s, progress=False, **kw) for s, net in zip(seeds, nets)]
 
 
-def _gap(u: float, v: float) -> float:
-    """|u − v| relative to max(1, |u|) (losses reach 1e8 before a divergence); equal non-finite values: 0."""
-    if u == v or math.isnan(u) and math.isnan(v):
-        return 0.0
-    return abs(u - v) / max(1.0, abs(u))
-
-
 @lru_cache(maxsize=None)
 def _reference(dtype, widths: tuple, settings: tuple):
     """train()'s records for the default data and nets, computed once per setting for all engines."""
     x, y = _data(dtype)
     return _alone(_nets(dtype, widths=widths), x, y, **dict(settings))
+
+
+def _gap(u: float, v: float) -> float:
+    """|u − v| relative to max(1, |u|) (losses reach 1e8 before a divergence); equal non-finite values: 0."""
+    if u == v or math.isnan(u) and math.isnan(v):
+        return 0.0
+    return abs(u - v) / max(1.0, abs(u))
 
 
 def _curve_gap(a: list[float], b: list[float]) -> float:
@@ -114,10 +114,11 @@ def test_members_close_to_train_float32(engine, momentum, batch_size, monkeypatc
 
     Measured on this CPU (MKL): the mlp engine is bit-identical to train() (here; the paper's FNN
     and the small profile's, SGD and GD, with and without momentum, 150 steps; 3000 steps of a
-    16-32-32-3 net), so it is asserted. Below 400 multiply-adds per product torch's bmm runs its own loop, which rounds
-    otherwise: hence width 64 here. vmap came out bit-identical in float32 too, and within 5e-16
-    in float64. The fused update differs by ulps (paper FNN after 150 GD steps: 1.1e-4), and a
-    float32 GD run at the edge of stability stopped 44 iterations later (2882 against 2838).
+    16-32-32-3 net), so it is asserted. Below 400 multiply-adds per product torch's bmm runs its
+    own loop, which rounds otherwise: hence width 64 here. vmap came out bit-identical in float32
+    too, and within 5e-16 in float64. The fused update differs by ulps (paper FNN after 150 GD
+    steps: 1.1e-4), and a float32 GD run at the edge of stability stopped 44 iterations later
+    (2882 against 2838).
     """
     x, y = _data(torch.float32)
     kw = {"lr": 0.5, "batch_size": batch_size, "momentum": momentum, "tol": 2e-4, "max_iters": 400}
