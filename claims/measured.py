@@ -7,14 +7,12 @@ The ``measured_minimum`` fixture (``claims/conftest.py``) calls it once per mini
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
-
-import torch
 
 import stabcheck
 from claims.profiles import MINIMUM, Measurement
 from claims.suite import case_id
+from stabcheck.curvature.threads import measurement_threads
 from stabcheck.experiments.minima import Minimum
 from stabcheck.experiments.setups import MinimumConfig
 
@@ -88,24 +86,11 @@ class MeasuredMinimum:
                 "sigma engine": self.s.engine, "dtype": self.a.dtype, "device": self.a.device}
 
 
-@contextmanager
-def cpu_threads(device: str, threads: int = 1):
-    """One torch thread on the CPU: these nets are overhead-bound, and on the busy 2-core CI machine
-    two threads made a Σ measurement 5-7× slower than one (measured)."""
-    previous = torch.get_num_threads()
-    if torch.device(device).type == "cpu":
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def measure(minimum: Minimum, how: Measurement, seed: int, device: str) -> MeasuredMinimum:
     """a, s and Theorem 1 at (η, B) of a trained minimum, Lanczos to ``how.tol`` from start vector ``seed``."""
     c = minimum.config
     seconds = {}
-    with cpu_threads(device):
+    with measurement_threads(device):
         problem = minimum.problem(device=device)
         start = time.perf_counter()
         a = stabcheck.sharpness(problem, tol=how.tol, maxiter=how.maxiter, seed=seed)

@@ -37,9 +37,10 @@ import pytest
 import torch
 
 import stabcheck
-from claims.measured import cpu_threads, require_minimum, theorem1_entries
+from claims.measured import require_minimum, theorem1_entries
 from claims.suite import case_id
 from stabcheck.curvature.criteria import NOT_CERTIFIED
+from stabcheck.curvature.threads import measurement_threads
 from stabcheck.experiments.train import full_loss, train
 
 pytestmark = pytest.mark.slow  # trains nets on a cold cache (minutes on the CI CPU)
@@ -117,7 +118,7 @@ def run_restart(m, lr: float, batch_size: int, window: int, every: int, how, see
             traj.later_loss.append((t, full_loss(model, x, y, loss_name)))
 
     begin = time.perf_counter()
-    with cpu_threads(device):
+    with measurement_threads(device):
         record = train(net, x, y, lr=lr, batch_size=batch_size, loss=loss_name, tol=minimum.config.setup.tol,
                        max_iters=window + reconverge_iters, min_iters=window, seed=seed,
                        sampler=minimum.config.sampler, device=device, progress=False, callback=callback)
@@ -152,7 +153,7 @@ def new_minimum(traj: Trajectory, m, lr: float, batch_size: int, how, seed: int,
     """a, s (and Theorem 1 at (η′, B′)) of the minimum the restarted run re-converged to."""
     minimum = m.minimum
     loss_name = minimum.config.setup.loss
-    with cpu_threads(device):
+    with measurement_threads(device):
         problem = stabcheck.Problem(traj.model, minimum.dataset.inputs, minimum.dataset.targets(loss_name),
                                     loss=loss_name, device=device)
         a = stabcheck.sharpness(problem, tol=how.tol, maxiter=how.maxiter, seed=seed)
@@ -178,7 +179,7 @@ def test_restart_leaves_unstable_and_keeps_stable_minima(claim, suite, measured_
     m = measured_minimum(start)
     n = start.setup.n
     batch_size = n if batch is None else batch
-    with cpu_threads(device):
+    with measurement_threads(device):
         problem = m.minimum.problem(device=device)
         t1 = stabcheck.theorem1(problem, lr=lr, batch_size=batch_size, tol=how.tol, maxiter=how.maxiter,
                                 seed=suite.base_seed, sharpness=m.a)

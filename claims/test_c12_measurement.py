@@ -14,10 +14,11 @@ import torch
 
 import stabcheck
 from claims import crosscheck
-from claims.measured import cpu_threads, require_minimum
+from claims.measured import require_minimum
 from claims.suite import case_id
 from stabcheck.curvature.exact import sample_hessians
 from stabcheck.curvature.operators import HessianOperator, SigmaOperator
+from stabcheck.curvature.threads import measurement_threads
 from stabcheck.experiments.toys import AppendixBToy, OneDimensionalExample, QuadraticToy
 
 TOL = 1e-3        # the paper's relative tolerance (PAPER.md §3)
@@ -116,7 +117,7 @@ def test_power_iteration_converges_on_trained_minima(claim, suite, measured_mini
     quantity, the measured and the predicted error; the Rayleigh bound λ_power ≤ λ_max is asserted always."""
     require_minimum(measured_minimum(trained_config))
     problem = trained_minimum(trained_config).problem(device=device)
-    with cpu_threads(device):
+    with measurement_threads(device):
         runs = claim.measure(both_solvers, problem, base_seed)
     gaps = {q: abs(runs[q, "power"].eigenvalue - runs[q, "lanczos"].eigenvalue) / runs[q, "lanczos"].eigenvalue
             for q in ("H", "Sigma")}
@@ -204,7 +205,7 @@ def test_measurements_agree_with_independent_recomputations(claim, suite, measur
     m = measured_minimum(cross_config)
     require_minimum(m)
     curv = crosscheck.IndependentCurvature(m.minimum, device)
-    with cpu_threads(device):
+    with measurement_threads(device):
         checks, cost = claim.measure(cross_check, m, curv, device, base_seed)
     gaps = {f"{quantity} vs {how}": crosscheck.relative_gap(reported, other)
             for quantity, (reported, others) in checks.items() for how, other in others.items()}

@@ -19,6 +19,7 @@ give a JSON-ready ``as_dict()``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from .bounds import check_batch, check_lr, noise_factor, sharpness_bound
 from .eigen import EigenResult, top_eigenpair
 from .operators import CurvatureOperator, HessianOperator, SigmaOperator, Theorem1Operator
 from .problem import Problem
+from .threads import measurement_threads
 
 CERTIFIED_STABLE = "certified stable"
 NOT_CERTIFIED = "not certified"
@@ -39,6 +41,17 @@ UNKNOWN = "unknown"
 VERDICTS = (CERTIFIED_STABLE, NOT_CERTIFIED, UNKNOWN)
 #: Where a Theorem-1 value of a :class:`Theorem1Sweep` comes from: a solve at that B, or bounds from other B.
 SOLVE, BOUND = "solve", "bound"
+
+
+def _one_thread_policy(criterion):
+    """Run ``criterion(problem, ...)`` under the library's measurement thread policy (one CPU thread), so a
+    value does not depend on the thread count of the process that asks for it."""
+    @functools.wraps(criterion)
+    def measured(problem, *args, **kwargs):
+        with measurement_threads(problem.device):
+            return criterion(problem, *args, **kwargs)
+
+    return measured
 
 
 def _solve(op: CurvatureOperator, method: str, tol: float, maxiter: int, seed: int) -> EigenResult:
@@ -204,6 +217,7 @@ class Theorem1Result(_SolverRun):
                 "eigen": self.eigen.as_dict()}
 
 
+@_one_thread_policy
 def sharpness(problem: Problem, method: str = "lanczos", tol: float = 1e-4, maxiter: int = 50,
               seed: int = 0, hvp: str = "auto") -> SharpnessResult:
     """a = λ_max(H), H = (1/n) Σ_i ∇²f_i.
@@ -223,6 +237,7 @@ def _measure_sharpness(problem: Problem, method: str, tol: float, maxiter: int, 
     return SharpnessResult(_solve(HessianOperator(problem, hvp), method, tol, maxiter, seed))
 
 
+@_one_thread_policy
 def non_uniformity(problem: Problem, method: str = "lanczos", engine: str = "auto", tol: float = 1e-4,
                    maxiter: int = 50, seed: int = 0) -> NonUniformityResult:
     """s = λ_max(Σ)^½, Σ = (1/n) Σ_i (H_i − H)².
@@ -248,6 +263,7 @@ def _top_vector(problem: Problem, sharpness: SharpnessResult):
     return v / v.norm()
 
 
+@_one_thread_policy
 def theorem1(problem: Problem, lr: float, batch_size: int, method: str = "lanczos", engine: str = "auto",
              tol: float = 1e-4, maxiter: int = 50, seed: int = 0, stable_tol: float = 1e-3,
              sharpness: SharpnessResult | None = None, hvp: str = "auto") -> Theorem1Result:
@@ -457,6 +473,7 @@ def _next_batch_size(undecided: list[int], solved: list[Theorem1Result]) -> int:
     return undecided[len(undecided) // 2]
 
 
+@_one_thread_policy
 def theorem1_batch_sizes(problem: Problem, lr: float, batch_sizes, method: str = "lanczos", engine: str = "auto",
                          tol: float = 1e-4, maxiter: int = 50, seed: int = 0, stable_tol: float = 1e-3,
                          sharpness: SharpnessResult | None = None, hvp: str = "auto") -> Theorem1Sweep:

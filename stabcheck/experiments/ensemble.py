@@ -53,6 +53,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from ..curvature.bounds import check_batch, check_lr
 from ..curvature.problem import LOSSES, per_sample_loss
+from ..curvature.threads import torch_threads
 from .train import DIVERGENCE_LOSS, BatchSampler, TrainError, TrainRecord, full_loss
 
 ENGINES = ("auto", "mlp", "vmap")
@@ -245,19 +246,12 @@ def train_ensemble(
     """
     if num_threads is not None and num_threads < 1:
         raise TrainError(f"num_threads must be a positive integer or None, got {num_threads}")
-    previous = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    try:
-        with torch.no_grad():
-            return _train_ensemble(list(models), inputs, targets, lr=lr, batch_size=batch_size, seeds=list(seeds),
-                                   loss=loss, momentum=momentum, tol=tol, max_iters=max_iters, min_iters=min_iters,
-                                   sampler=sampler, ema_decay=ema_decay, device=device, dtype=dtype,
-                                   check_every=check_every, engine=engine, fused_update=fused_update,
-                                   progress=progress,
-                                   progress_every=progress_every)
-    finally:
-        torch.set_num_threads(previous)
+    with torch_threads(num_threads), torch.no_grad():
+        return _train_ensemble(list(models), inputs, targets, lr=lr, batch_size=batch_size, seeds=list(seeds),
+                               loss=loss, momentum=momentum, tol=tol, max_iters=max_iters, min_iters=min_iters,
+                               sampler=sampler, ema_decay=ema_decay, device=device, dtype=dtype,
+                               check_every=check_every, engine=engine, fused_update=fused_update,
+                               progress=progress, progress_every=progress_every)
 
 
 def _check_members(models: list[nn.Module], seeds: list[int]) -> None:

@@ -41,6 +41,7 @@ from torch import Tensor, nn
 
 from ..curvature.bounds import check_batch, check_lr
 from ..curvature.problem import LOSSES, per_sample_loss
+from ..curvature.threads import torch_threads
 
 #: Bumped whenever a change would alter the trained parameters; part of every cache key.
 TRAINER_VERSION = "1"
@@ -187,18 +188,13 @@ def train(
     """
     if num_threads is not None and num_threads < 1:
         raise TrainError(f"num_threads must be a positive integer or None, got {num_threads}")
-    previous = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    try:
+    with torch_threads(num_threads):
         return _train(model, inputs, targets, lr=lr, batch_size=batch_size, loss=loss, momentum=momentum, tol=tol,
                       max_iters=max_iters, min_iters=min_iters, seed=seed, sampler=sampler, ema_decay=ema_decay,
                       device=device, dtype=dtype, progress=progress, progress_every=progress_every,
                       callback=callback, callback_every=callback_every,
                       checkpoint=Path(checkpoint) if checkpoint is not None else None,
                       checkpoint_every=checkpoint_every)
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _train(model, inputs, targets, *, lr, batch_size, loss, momentum, tol, max_iters, min_iters, seed, sampler,
