@@ -140,8 +140,26 @@ class NonUniformityResult(_SolverRun):
         return {"value": self.value, "engine": self.engine, **self._solver_dict()}
 
 
+class _Verdict:
+    """What a Theorem-1 verdict says beyond its string (``verdict``, ``sharpness``, ``lr`` from the holder)."""
+
+    verdict: str
+    sharpness: float
+    lr: float
+
+    @property
+    def stable(self) -> bool:
+        """True only for the verdict "certified stable"."""
+        return self.verdict == CERTIFIED_STABLE
+
+    @property
+    def sharpness_exceeded(self) -> bool:
+        """a > 2/η: GD, and so SGD, is unstable (the one case where "unstable" may be said)."""
+        return self.sharpness > sharpness_bound(self.lr)
+
+
 @dataclass(frozen=True, eq=False)
-class Theorem1Result(_SolverRun):
+class Theorem1Result(_Verdict, _SolverRun):
     """λ_max(T), T = (I − ηH)² + η²pΣ, p = (n − B)/(B(n − 1)), and what it certifies.
 
     Theorem 1 is sufficient, not necessary, in d > 1: a value above 1 means "not certified",
@@ -197,16 +215,6 @@ class Theorem1Result(_SolverRun):
         if self.value > 1.0 + self.stable_tol:
             return NOT_CERTIFIED
         return CERTIFIED_STABLE if self.converged else UNKNOWN
-
-    @property
-    def stable(self) -> bool:
-        """True only for the verdict "certified stable"."""
-        return self.verdict == CERTIFIED_STABLE
-
-    @property
-    def sharpness_exceeded(self) -> bool:
-        """a > 2/η: GD, and so SGD, is unstable (the one case where "unstable" may be said)."""
-        return self.sharpness > sharpness_bound(self.lr)
 
     def as_dict(self) -> dict:
         """JSON-ready: value, verdict, the parts, and the solve on T − shift·I under ``eigen``."""
@@ -326,7 +334,7 @@ def _solve_theorem1(problem: Problem, lr: float, batch_size: int, method: str, e
 
 # ---- Theorem 1 at several batch sizes -------------------------------------------------------------
 @dataclass(frozen=True, eq=False)
-class Theorem1Bound:
+class Theorem1Bound(_Verdict):
     """λ_max(T) at one B enclosed, lower ≤ λ_max(T) ≤ upper, by the solves at other batch sizes.
 
     No solve ran at this B (``source`` is "bound"); :func:`theorem1_batch_sizes` explains the bounds.
@@ -355,16 +363,6 @@ class Theorem1Bound:
         if self.lower > 1.0 + self.stable_tol:
             return NOT_CERTIFIED
         return CERTIFIED_STABLE if self.upper <= 1.0 + self.stable_tol else UNKNOWN
-
-    @property
-    def stable(self) -> bool:
-        """True only for the verdict "certified stable"."""
-        return self.verdict == CERTIFIED_STABLE
-
-    @property
-    def sharpness_exceeded(self) -> bool:
-        """a > 2/η (see :attr:`Theorem1Result.sharpness_exceeded`)."""
-        return self.sharpness > sharpness_bound(self.lr)
 
     def as_dict(self) -> dict:
         """JSON-ready: the bounds, the verdict and the setting (``upper`` may be ∞)."""

@@ -51,10 +51,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
-from ..curvature.bounds import check_batch, check_lr
-from ..curvature.problem import LOSSES, per_sample_loss
+from ..curvature.problem import per_sample_loss
 from ..curvature.threads import torch_threads
-from .train import DIVERGENCE_LOSS, BatchSampler, TrainError, TrainRecord, full_loss
+from .train import DIVERGENCE_LOSS, BatchSampler, TrainError, TrainRecord, check_settings, full_loss
 
 ENGINES = ("auto", "mlp", "vmap")
 
@@ -285,20 +284,8 @@ def _pick_engine(engine: str, model: nn.Module):
 def _train_ensemble(models, inputs, targets, *, lr, batch_size, seeds, loss, momentum, tol, max_iters, min_iters,
                     sampler, ema_decay, device, dtype, check_every, engine, fused_update, progress,
                     progress_every) -> list[TrainRecord]:
-    lr = check_lr(lr)
-    n = int(inputs.shape[0])
-    if targets.shape[0] != n:
-        raise TrainError(f"inputs have {n} samples but targets have {targets.shape[0]}")
-    if loss not in LOSSES:
-        raise TrainError(f"unknown loss {loss!r}; choose one of {LOSSES}")
-    check_batch(n, batch_size)
-    if not 0.0 <= momentum < 1.0:
-        raise TrainError(f"momentum must lie in [0, 1), got {momentum}")
-    if not tol > 0 or max_iters < 1 or min_iters < 0:
-        raise TrainError(f"need tol > 0, max_iters ≥ 1, min_iters ≥ 0; got tol={tol}, max_iters={max_iters}, "
-                         f"min_iters={min_iters}")
-    if not 0.0 <= ema_decay < 1.0:
-        raise TrainError(f"ema_decay must lie in [0, 1), got {ema_decay}")
+    lr, n = check_settings(inputs, targets, lr=lr, batch_size=batch_size, loss=loss, momentum=momentum, tol=tol,
+                           max_iters=max_iters, min_iters=min_iters, ema_decay=ema_decay)
     _check_members(models, seeds)
     first = next(models[0].parameters())
     device = torch.device(device) if device is not None else first.device

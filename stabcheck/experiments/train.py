@@ -197,9 +197,9 @@ def train(
                       checkpoint_every=checkpoint_every)
 
 
-def _train(model, inputs, targets, *, lr, batch_size, loss, momentum, tol, max_iters, min_iters, seed, sampler,
-           ema_decay, device, dtype, progress, progress_every, callback, callback_every, checkpoint,
-           checkpoint_every) -> TrainRecord:
+def check_settings(inputs: Tensor, targets: Tensor, *, lr, batch_size, loss, momentum, tol, max_iters, min_iters,
+                   ema_decay) -> tuple[float, int]:
+    """Refuse settings no trainer can run (TrainError saying what to change); returns (η, n)."""
     lr = check_lr(lr)
     n = int(inputs.shape[0])
     if targets.shape[0] != n:
@@ -209,11 +209,21 @@ def _train(model, inputs, targets, *, lr, batch_size, loss, momentum, tol, max_i
     check_batch(n, batch_size)
     if not 0.0 <= momentum < 1.0:
         raise TrainError(f"momentum must lie in [0, 1), got {momentum}")
-    if not tol > 0 or max_iters < 1 or min_iters < 0 or callback_every < 1:
-        raise TrainError(f"need tol > 0, max_iters ≥ 1, min_iters ≥ 0, callback_every ≥ 1; got tol={tol}, "
-                         f"max_iters={max_iters}, min_iters={min_iters}, callback_every={callback_every}")
+    if not tol > 0 or max_iters < 1 or min_iters < 0:
+        raise TrainError(f"need tol > 0, max_iters ≥ 1, min_iters ≥ 0; got tol={tol}, max_iters={max_iters}, "
+                         f"min_iters={min_iters}")
     if not 0.0 <= ema_decay < 1.0:
         raise TrainError(f"ema_decay must lie in [0, 1), got {ema_decay}")
+    return lr, n
+
+
+def _train(model, inputs, targets, *, lr, batch_size, loss, momentum, tol, max_iters, min_iters, seed, sampler,
+           ema_decay, device, dtype, progress, progress_every, callback, callback_every, checkpoint,
+           checkpoint_every) -> TrainRecord:
+    lr, n = check_settings(inputs, targets, lr=lr, batch_size=batch_size, loss=loss, momentum=momentum, tol=tol,
+                           max_iters=max_iters, min_iters=min_iters, ema_decay=ema_decay)
+    if callback_every < 1:
+        raise TrainError(f"callback_every must be at least 1, got {callback_every}")
 
     first = next(model.parameters())
     device = torch.device(device) if device is not None else first.device
