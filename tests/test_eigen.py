@@ -96,3 +96,22 @@ def test_lanczos_matvec_count_includes_certification():
     res = lanczos(lambda v: calls.append(1) or A @ v, 30, tol=1e-8, dtype=torch.float64)
     assert res.matvecs == len(calls) == res.iterations + 1
     assert math.isfinite(res.residual)
+
+
+def test_lanczos_value_is_the_rayleigh_quotient_of_its_vector():
+    """Products with rounding noise (as in float32) make the recurrence's Ritz value drift from vᵀAv;
+    the value reported is vᵀAv of the certification product, which the residual describes."""
+    A = known_spectrum(geometric(60, 5.0, 0.8), 7)
+    gen = torch.Generator().manual_seed(0)
+    last = {}
+
+    def noisy(v):
+        out = A @ v + 1e-5 * torch.randn(v.shape, generator=gen, dtype=v.dtype)
+        last.update(v=v, out=out)
+        return out
+
+    res = lanczos(noisy, 60, tol=1e-3, dtype=torch.float64)
+    v, out = last["v"], last["out"]
+    assert torch.equal(v, res.vector) and res.converged
+    assert res.value == float(v @ out) != res.history[-1]
+    assert res.residual * 5.0 == pytest.approx(float((out - res.value * v).norm()), rel=1e-4)  # scale ≈ 5
