@@ -142,8 +142,10 @@ def test_cifar_two_classes_keep_original_order(load_data):
     assert ds.test_labels is not None and set(ds.test_labels.tolist()) == {0, 1}
 
 
-def test_offline_cifar_exact_pixels_only_unless_jpeg_allowed(no_env):
+def test_offline_cifar_exact_pixels_only_unless_jpeg_allowed(monkeypatch):
     folder = _offline_file("cifar10_subset.npz").parent
+    monkeypatch.delenv("STABCHECK_DATA_DIR", raising=False)  # only the folder given may be used
+    monkeypatch.delenv("STABCHECK_OFFLINE_DATA", raising=False)
     exact = load_cifar10(762, offline_dir=folder)
     assert exact.source.endswith("cifar10_all_subset.npz") and exact.notes == [
         "test set: the 192 test images of classes (0, 1) among test images 0..999 (exact pixels; not the full test set)"]
@@ -181,11 +183,10 @@ def test_cifar_torchvision_root_and_class_renumbering(tmp_path, no_env):
         load_cifar10(3, classes=(1, 1), data_dir=tmp_path)
 
 
-def test_cifar_not_found_lists_every_place(tmp_path, no_env, monkeypatch):
-    monkeypatch.setattr(data, "DEFAULT_OFFLINE_DIR", tmp_path / "default")
+def test_cifar_not_found_lists_every_place(tmp_path, no_env):
     with pytest.raises(DataNotFoundError) as err:
         load_cifar10(10, data_dir=tmp_path / "root", offline_dir=tmp_path / "offline", download=False)
     msg = str(err.value)
-    for place in (tmp_path / "root" / "cifar-10-batches-py", tmp_path / "offline", tmp_path / "default"):
+    for place in (tmp_path / "root" / "cifar-10-batches-py", tmp_path / "offline"):
         assert str(place) in msg
     assert "STABCHECK_OFFLINE_DATA" in msg and "download" in msg

@@ -5,9 +5,9 @@ Sources, in order: a torchvision root (``data_dir`` or env ``STABCHECK_DATA_DIR`
 ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``), torchvision's download.
 
 CIFAR-10: the first n training images of the chosen classes (default 0/1, K = 2) in original
-order, or of all classes. Sources, in order: a torchvision root, the offline npz files of
-``../shared/data`` (``offline_dir`` or env ``STABCHECK_OFFLINE_DATA``; exact pixels only unless
-``allow_jpeg``), torchvision's download.
+order, or of all classes. Sources, in order: a torchvision root, a folder of the offline npz subsets
+(``offline_dir`` or env ``STABCHECK_OFFLINE_DATA``; exact pixels only unless ``allow_jpeg``),
+torchvision's download (into ``download_root``, default ``~/.cache/stabcheck/data``).
 
 When no source has the data, :class:`DataNotFoundError` lists every place looked at and how to
 get the data; no loader ever falls back to other data.
@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-DEFAULT_OFFLINE_DIR = REPO_ROOT.parent / "shared" / "data"
+#: Where torchvision's download goes when no ``download_root`` is given.
+DOWNLOAD_ROOT = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "stabcheck" / "data"
 
 FASHION_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -201,7 +201,7 @@ def load_fashion_mnist(
             continue
         return _fashion_from_files(files, n, with_test, f"{label}: {folder}")
     if download:
-        root = Path(download_root or REPO_ROOT / ".cache" / "data")
+        root = Path(download_root or DOWNLOAD_ROOT)
         try:
             import torchvision
 
@@ -327,7 +327,7 @@ def _cifar_offline(folder: Path, classes, n, with_test, allow_jpeg) -> Dataset:
 
 def _offline_candidates(offline_dir) -> list[Path]:
     out = []
-    for p in (offline_dir, os.environ.get("STABCHECK_OFFLINE_DATA"), DEFAULT_OFFLINE_DIR):
+    for p in (offline_dir, os.environ.get("STABCHECK_OFFLINE_DATA")):
         if p and Path(p).expanduser() not in out:
             out.append(Path(p).expanduser())
     return out
@@ -366,7 +366,7 @@ def load_cifar10(
             return _cifar_offline(folder, classes, n, with_test, allow_jpeg)
         looked.append(f"offline npz: {folder} (no cifar10_all_subset.npz)")
     if download:
-        root = Path(download_root or REPO_ROOT / ".cache" / "data")
+        root = Path(download_root or DOWNLOAD_ROOT)
         try:
             import torchvision
 
