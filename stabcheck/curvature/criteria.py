@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import ClassVar, Iterator, Mapping
 
+import torch
 from torch import Tensor
 
 from .bounds import check_batch, check_lr, noise_factor, sharpness_bound
@@ -268,7 +269,7 @@ def _top_vector(problem: Problem, sharpness: SharpnessResult):
         raise ValueError(f"the given sharpness has a vector of shape {tuple(v.shape)} but the problem has "
                          f"d = {problem.dim} parameters; pass the sharpness of this problem, or None to measure it")
     v = v.to(problem.device, problem.dtype)
-    return v / v.norm()
+    return v / float(torch.linalg.vector_norm(v, dtype=torch.float64))  # float32 sums drift at d ~ 1e6
 
 
 @_one_thread_policy
@@ -326,7 +327,7 @@ def _solve_theorem1(problem: Problem, lr: float, batch_size: int, method: str, e
     shift = 1.0 if op.excess else 0.0
     res = _solve(op, method, tol, maxiter, seed)
     if rayleigh_top is None:
-        rayleigh_top = shift + float(top @ op.matvec(top))
+        rayleigh_top = shift + float(top.double() @ op.matvec(top).double())
     return Theorem1Result(lr=lr, batch_size=batch_size, n=problem.n, p=op.p, stable_tol=stable_tol,
                           sharpness=sharpness_value, rayleigh_top=rayleigh_top, shift=shift, eigen=res,
                           products=MappingProxyType({k: n for k, n in op.products.items() if k != op.name}))
@@ -435,10 +436,10 @@ class _Tangent:
 
 def _tangent(hessian: HessianOperator, sigma: SigmaOperator | None, lr: float, v: Tensor) -> _Tangent:
     """One H product and, unless ``sigma`` is None (every p = 0), one Σ product at v/‖v‖."""
-    v = v.to(hessian.device, hessian.dtype)
+    v = v.to(hessian.device, torch.float64)  # the sums in float64: float32 ones drift at d ~ 1e6
     v = v / v.norm()
-    hv = hessian.matvec(v)
-    slope = lr * lr * float(v @ sigma.matvec(v)) if sigma is not None else 0.0
+    hv = hessian.matvec(v).double()
+    slope = lr * lr * float(v @ sigma.matvec(v).double()) if sigma is not None else 0.0
     return _Tangent(excess=lr * lr * float(hv @ hv) - 2 * lr * float(v @ hv), slope=slope)
 
 
