@@ -17,7 +17,9 @@ import torch
 
 from .support import RESULTS, THREADS
 
-REPORT_DIR = Path(__file__).resolve().parent.parent / "reports" / "benchmarks"
+# STABCHECK_BENCH_REPORT_DIR sends the summary elsewhere (a partial run would overwrite the full one).
+REPORT_DIR = Path(os.environ.get("STABCHECK_BENCH_REPORT_DIR",
+                                 Path(__file__).resolve().parent.parent / "reports" / "benchmarks"))
 _LOAD: dict[str, tuple] = {}
 
 
@@ -68,6 +70,16 @@ def _markdown(summary: dict) -> str:
         for r in summary["external"]:
             lines.append(f"| {r['library']} | {r['value']:.6f} | {r['products']} | {r['relative_error']:.1e} | "
                          f"{r['median_s']:.3f} |")
+    if summary["end_to_end"]:
+        lines += ["", "| quantity | method | value | rel. error | products | median s | note |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in summary["end_to_end"]:
+            error = "–" if r["relative_error"] is None else f"{r['relative_error']:.1e}"
+            lines.append(f"| {r['quantity']} | {r['method']} | {r['value']} | {error} | {r['products']} | "
+                         f"{r['median_s']:.2f} | {r['note']} |")
+    if summary["goals"]:
+        lines += ["", "| goal | measured | met |", "|---|---|---|"]
+        lines += [f"| {g['goal']} | {g['measured']} | {'yes' if g['met'] else 'no'} |" for g in summary["goals"]]
     return "\n".join(lines) + "\n"
 
 
@@ -80,6 +92,7 @@ def pytest_sessionfinish(session, exitstatus):
         "torch": torch.__version__, "threads": THREADS, "timer": str(timer) if timer else "time.perf_counter",
         "load_start": _LOAD.get("start"), "load_end": os.getloadavg(),
         "products": _product_table(RESULTS["products"]), "solvers": RESULTS["solvers"], "external": RESULTS["external"],
+        "end_to_end": RESULTS["end_to_end"], "goals": RESULTS["goals"],
     }
     REPORT_DIR.mkdir(parents=True, exist_ok=True)
     (REPORT_DIR / "summary.json").write_text(json.dumps(summary, indent=1, default=str))

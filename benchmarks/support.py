@@ -23,7 +23,7 @@ SIZES = (100, 1000, 4000)
 MODELS = ("fnn", "vgg")
 
 #: Rows collected by the tests and written by the conftest at the end of the session.
-RESULTS: dict[str, list[dict]] = {"products": [], "solvers": [], "external": []}
+RESULTS: dict[str, list[dict]] = {"products": [], "solvers": [], "external": [], "end_to_end": [], "goals": []}
 
 
 @lru_cache(maxsize=4)
