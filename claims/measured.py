@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import torch
+
 import stabcheck
 from claims.profiles import MINIMUM, Measurement
 from claims.suite import case_id
@@ -83,20 +85,28 @@ class MeasuredMinimum:
                 "train s": rec["wall_time"], "measure s": self.seconds,
                 "a converged": self.a.converged, "a iterations": self.a.iterations, "a residual": self.a.residual,
                 "s converged": self.s.converged, "s iterations": self.s.iterations, "s residual": self.s.residual,
-                "sigma engine": self.s.engine, "dtype": self.a.dtype, "device": self.a.device}
+                "sigma engine": self.s.engine, "a dtype": self.a.dtype, "s dtype": self.s.dtype,
+                "device": self.a.device}
 
 
 def measure(minimum: Minimum, how: Measurement, seed: int, device: str) -> MeasuredMinimum:
-    """a, s and Theorem 1 at (η, B) of a trained minimum, Lanczos to ``how.tol`` from start vector ``seed``."""
+    """a, s and Theorem 1 at (η, B) of a trained minimum, Lanczos to ``how.tol`` from start vector ``seed``
+    (float32; an unconverged a or s is solved again in float64 when ``how.float64_retry``)."""
     c = minimum.config
     seconds = {}
     with measurement_threads(device):
         problem = minimum.problem(device=device)
         start = time.perf_counter()
         a = stabcheck.sharpness(problem, tol=how.tol, maxiter=how.maxiter, seed=seed)
+        if not a.converged and how.float64_retry:
+            a = stabcheck.sharpness(minimum.problem(dtype=torch.float64, device=device), tol=how.tol,
+                                    maxiter=how.maxiter, seed=seed)
         seconds["a"] = time.perf_counter() - start
         start = time.perf_counter()
         s = stabcheck.non_uniformity(problem, tol=how.tol, maxiter=how.maxiter, seed=seed)
+        if not s.converged and how.float64_retry:
+            s = stabcheck.non_uniformity(minimum.problem(dtype=torch.float64, device=device), tol=how.tol,
+                                         maxiter=how.maxiter, seed=seed)
         seconds["s"] = time.perf_counter() - start
         start = time.perf_counter()
         t1 = stabcheck.theorem1(problem, lr=c.lr, batch_size=c.batch_size, tol=how.tol, maxiter=how.maxiter,
