@@ -58,9 +58,12 @@ def test_dense_sigma_matrix(model_name):
     torch.testing.assert_close(columns, columns.T, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("hold_bytes", [1 << 30, 0], ids=["records-held", "two-sweeps"])
 @pytest.mark.parametrize("chunk_size", [2, 4, 5])
-def test_chunks_give_the_same_product(chunk_size):
-    """Several chunks take the two-sweep path (H v first), with unequal last chunks."""
+def test_chunks_give_the_same_product(chunk_size, hold_bytes, monkeypatch):
+    """Several chunks, with unequal last chunks: their records held until H v is known, or (beyond the
+    memory limit) H v first by a sweep that records nothing and pass 1 again per chunk."""
+    monkeypatch.setattr(factored, "HOLD_RECORDS_BYTES", hold_bytes)
     whole = _problem("cnn-pool", "ce", torch.float64)
     chunked = _problem("cnn-pool", "ce", torch.float64, chunk_size=chunk_size)
     v = _random_tangent(whole)

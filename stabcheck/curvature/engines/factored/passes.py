@@ -7,7 +7,7 @@ tangent w_i = [H_i v if own] + [shift] through those records. The loss adds its 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, Callable
 
 import torch
@@ -33,6 +33,12 @@ class Records:
     hv_sum: Params
     outputs: Tensor
     loss_hvp: Callable[[Tensor], Tensor]
+
+
+def records_bytes(records: Records) -> int:
+    """Bytes of the tensors the layer states of ``records`` hold (closures' saved tensors not counted)."""
+    return sum(value.nbytes for st in records.states if is_dataclass(st)
+               for value in (getattr(st, f.name) for f in fields(st)) if isinstance(value, Tensor))
 
 
 def loss_factors(loss: str, z: Tensor, y: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
