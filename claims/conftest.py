@@ -3,7 +3,9 @@
 * ``suite``: this run's :class:`claims.suite.Suite` (profile of ``--scale``, seeds from ``--seed``
   and ``--seeds-per-setting``); ``base_seed``: ``--seed``.
 * ``measured_minimum(config)``: the trained minimum (``trained_minimum``, cached on disk) with a, s
-  and Theorem 1 measured once per run however many claims ask.
+  and Theorem 1 measured once per run however many claims ask. The first time a setting is asked for,
+  every seed of it that the run's selected cases need is trained together where the ensemble
+  trainer reproduces ``train`` (``MinimaCache.get_many``).
 * ``claim``: the report recorder (:mod:`claims.report_plugin`).
 * ``@pytest.mark.cases(argument=cases_of)`` parametrises a test from the suite (:func:`claims.suite.parametrize_cases`).
 """
@@ -12,8 +14,11 @@ from __future__ import annotations
 import pytest
 
 from claims.measured import MeasuredMinimum, measure
-from claims.suite import Suite, parametrize_cases, suite_of
+from claims.suite import Suite, minima_in, parametrize_cases, suite_of
 from stabcheck.experiments.setups import MinimumConfig
+
+#: Every minimum the run's selected cases need, grouped by setting (the config with seed 0).
+RUN_MINIMA = pytest.StashKey[dict[MinimumConfig, list[MinimumConfig]]]()
 
 
 def pytest_configure(config):
@@ -23,6 +28,18 @@ def pytest_configure(config):
 
 def pytest_generate_tests(metafunc):
     parametrize_cases(metafunc)
+
+
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection
+def pytest_collection_modifyitems(config, items):
+    settings: dict[MinimumConfig, list[MinimumConfig]] = {}
+    for item in items:
+        params = getattr(item, "callspec", None)
+        for minimum in minima_in(list(params.params.values())) if params else ():
+            members = settings.setdefault(minimum.with_(seed=0), [])
+            if minimum not in members:
+                members.append(minimum)
+    config.stash[RUN_MINIMA] = settings
 
 
 @pytest.fixture(scope="session")
@@ -37,12 +54,14 @@ def base_seed(suite) -> int:
 
 
 @pytest.fixture(scope="session")
-def measured_minimum(trained_minimum, suite, device):
+def measured_minimum(trained_minimum, minima_cache, suite, device, pytestconfig):
     """Factory ``measured_minimum(config) -> MeasuredMinimum``: trained and measured at most once per run."""
     held: dict[MinimumConfig, MeasuredMinimum] = {}
+    settings = pytestconfig.stash.get(RUN_MINIMA, {})
 
     def get(config: MinimumConfig) -> MeasuredMinimum:
         if config not in held:
+            minima_cache.get_many(settings.pop(config.with_(seed=0), [config]))
             held[config] = measure(trained_minimum(config), suite.profile.measurement, suite.base_seed, device)
         return held[config]
 

@@ -37,6 +37,23 @@ def test_miss_then_hit_gives_the_same_minimum(tmp_path):
     assert summary["label"] == "tiny-eta0.5-Bn-seed0" and summary["seed"] == 0 and summary["dtype"] == "float32"
 
 
+def test_seeds_of_one_sgd_setting_train_together_as_each_alone(tmp_path):
+    """get_many trains the missing seeds of an SGD setting in one ensemble, bit-identical to get (B·8·10 = 400
+    multiply-adds in the last layer: the ensemble's condition for equality); GD goes through get."""
+    sgd = [TINY.config(lr=0.5, batch_size=5, seed=s) for s in (0, 1, 2)]
+    gd = TINY.config(lr=0.5, batch_size=None, seed=0)
+    together = MinimaCache(tmp_path / "together", progress=False).get_many([*sgd, gd])
+    alone = [MinimaCache(tmp_path / "alone", progress=False).get(c) for c in [*sgd, gd]]
+    assert [m.config for m in together] == [*sgd, gd]
+    assert [m.record["ensemble"] for m in together] == [3, 3, 3, 1]
+    for a, b in zip(alone, together):
+        assert (a.key, a.status, a.record["iterations"], a.loss_curve) == (b.key, b.status, b.record["iterations"],
+                                                                         b.loss_curve)
+        assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)
+    again = MinimaCache(tmp_path / "together", progress=False)
+    assert [m.from_cache for m in again.get_many(sgd)] == [True] * 3 and again.misses == 0
+
+
 def test_problem_of_a_minimum_is_ready_to_measure(tmp_path):
     m = MinimaCache(tmp_path, progress=False).get(TINY.config(lr=0.5, batch_size=5, seed=1))
     prob = m.problem(dtype=torch.float64)

@@ -95,6 +95,26 @@ def mlp_layers(model: nn.Module) -> tuple[bool, list[str]] | None:
     return flatten, [name for name, _ in linears]
 
 
+#: Below this many multiply-adds in a layer's product torch's bmm runs its own loop and rounds
+#: otherwise than ``train``'s mm; at or above it the mlp engine is bit-identical to ``train`` (measured).
+BIT_IDENTICAL_MACS = 400
+
+
+def matches_train(model: nn.Module, batch_size: int) -> bool:
+    """Whether the mlp engine trains ``model`` at ``batch_size`` bit-identically to ``train`` on the CPU:
+    an mlp (:func:`mlp_layers`) whose every layer product has at least ``BIT_IDENTICAL_MACS`` multiply-adds
+    (B·in·out), the condition under which equality was measured (tests/test_ensemble.py).
+
+    >>> from stabcheck.experiments.models import FNN
+    >>> matches_train(FNN(784, (50, 50), 10), 10), matches_train(FNN(16, (8,), 3), 2)
+    (True, False)
+    """
+    if mlp_layers(model) is None:
+        return False
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return all(batch_size * m.in_features * m.out_features >= BIT_IDENTICAL_MACS for m in layers)
+
+
 class _MLPEngine:
     """Batched forward a_{l+1} = relu(a_l W_lᵀ + b_l) and a written-out backward, updates as train()'s SGD."""
 

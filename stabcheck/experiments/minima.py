@@ -32,6 +32,7 @@ from filelock import FileLock
 from torch import nn
 
 from .data import Dataset, load_dataset
+from .ensemble import matches_train, train_ensemble
 from .models import build_model
 from ..curvature.problem import Problem
 from .setups import MinimumConfig
@@ -161,6 +162,62 @@ class MinimaCache:
             self.misses += 1
             return self._train_and_store(path, config, dataset)
 
+    def get_many(self, configs: list[MinimumConfig]) -> list[Minimum]:
+        """The minima of ``configs``, in order; the missing seeds of one SGD setting are trained together.
+
+        Configs that differ only in ``seed`` form a setting. Where two or more of a setting's minima are
+        missing, the setting is SGD (B < n) on the CPU and the ensemble trainer reproduces ``train`` bit
+        for bit there (:func:`~stabcheck.experiments.ensemble.matches_train`), they are trained in one
+        :func:`~stabcheck.experiments.ensemble.train_ensemble` run under all their locks and stored
+        as ``get`` would store them (same keys; the record's ``ensemble`` says how many trained
+        together). Everything else goes through ``get``: GD keeps its checkpoints, and an ensemble has
+        none, so an interrupted ensemble run starts again.
+        """
+        settings: dict[MinimumConfig, list[MinimumConfig]] = {}
+        for config in dict.fromkeys(configs):
+            settings.setdefault(config.with_(seed=0), []).append(config)
+        for members in settings.values():
+            missing = [c for c in members if not self.path(c).exists()]
+            if len(missing) >= 2 and self._ensemble_trains(missing[0]):
+                self._train_together(missing)
+        return [self.get(c) for c in configs]
+
+    def _ensemble_trains(self, config: MinimumConfig) -> bool:
+        if config.is_gd or torch.device(self.device).type != "cpu":
+            return False
+        return matches_train(build_for(config, dataset_for(config, self.data_dir)), config.batch_size)
+
+    def _train_together(self, configs: list[MinimumConfig]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        paths = sorted(self.path(c) for c in configs)  # one order of taking locks: no deadlock between runs
+        locks = [FileLock(str(p) + ".lock", timeout=self.lock_timeout) for p in paths]
+        for lock in locks:
+            lock.acquire()
+        try:
+            for path in paths:
+                _remove_stale_temporaries(path)
+            todo = [c for c in configs if not self.path(c).exists()]
+            if len(todo) < 2:
+                return  # another run trained them meanwhile; ``get`` does the rest
+            dataset = dataset_for(todo[0], self.data_dir)
+            first, s = todo[0], todo[0].setup
+            if self.progress:
+                print(f"[minima] training {len(todo)} seeds of {first.label.rpartition('-seed')[0]} together on "
+                      f"{self.device} (cache misses: {', '.join(self.path(c).name for c in todo)})",
+                      file=sys.stderr, flush=True)
+            nets = [build_for(c, dataset) for c in todo]
+            records = train_ensemble(nets, dataset.inputs, dataset.targets(s.loss), lr=first.lr,
+                                     batch_size=first.batch_size, seeds=[c.seed for c in todo], loss=s.loss,
+                                     momentum=first.momentum, tol=s.tol, max_iters=s.max_iters,
+                                     sampler=first.sampler, device=self.device, dtype=_DTYPES[self.dtype],
+                                     engine="mlp", progress=self.progress, num_threads=self.cpu_threads)
+            for config, rec in zip(todo, records):
+                self._store(self.path(config), config, dataset, rec, ensemble=len(todo))
+                self.misses += 1
+        finally:
+            for lock in reversed(locks):
+                lock.release()
+
     def _load(self, path: Path, config: MinimumConfig, dataset: Dataset) -> Minimum | None:
         """The cached minimum, or None after deleting an unreadable or incomplete file (with a warning)."""
         try:
@@ -191,16 +248,22 @@ class MinimaCache:
                     sampler=config.sampler, device=self.device, dtype=_DTYPES[self.dtype], progress=self.progress,
                     num_threads=self.cpu_threads if torch.device(self.device).type == "cpu" else None,
                     checkpoint=path.with_suffix(".ckpt"))  # an interrupted long run resumes here
+        return self._store(path, config, dataset, rec, ensemble=1)
+
+    def _store(self, path: Path, config: MinimumConfig, dataset: Dataset, rec, ensemble: int) -> Minimum:
+        """Write a trained minimum (``rec``: its TrainRecord; ``ensemble``: members trained together)."""
         record = rec.as_dict()
         record["created"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         record["data_source"] = dataset.source
+        record["ensemble"] = ensemble
         blob = {"config": config.as_dict(), "record": record, "loss_curve": rec.loss_curve, "state": rec.state}
         _atomic_write(path, lambda fh: torch.save(blob, fh))
         summary = {"config": config.as_dict(), "label": config.label, **record}
         _atomic_write(path.with_suffix(".json"), lambda fh: fh.write(json.dumps(summary, indent=1).encode()))
         if self.progress:
+            together = f" (one of {ensemble} trained together)" if ensemble > 1 else ""
             print(f"[minima] {config.label}: {rec.status} after {rec.iterations} iterations, "
-                  f"{rec.wall_time:.1f} s", file=sys.stderr, flush=True)
+                  f"{rec.wall_time:.1f} s{together}", file=sys.stderr, flush=True)
         return Minimum(config, record, rec.loss_curve, rec.state, dataset, path.stem, path, False)
 
 
