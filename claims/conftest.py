@@ -2,6 +2,7 @@
 
 * ``suite``: this run's :class:`claims.suite.Suite` (profile of ``--scale``, seeds from ``--seed``
   and ``--seeds-per-setting``); ``base_seed``: ``--seed``.
+* ``run_minima``: every minimum the run's selected cases need.
 * ``measured_minimum(config)``: the trained minimum (``trained_minimum``, cached on disk) with a, s
   and Theorem 1 measured once per run however many claims ask. The first time a setting is asked for,
   every seed of it that the run's selected cases need is trained together where the ensemble
@@ -54,14 +55,25 @@ def base_seed(suite) -> int:
 
 
 @pytest.fixture(scope="session")
+def run_minima(pytestconfig) -> frozenset[MinimumConfig]:
+    """Every minimum the run's selected cases train: what a case may compare its own minima with (a
+    claim that reaches for a deselected one would train it unasked, e.g. GD at η = 0.01 on a CPU)."""
+    return frozenset(c for members in pytestconfig.stash.get(RUN_MINIMA, {}).values() for c in members)
+
+
+@pytest.fixture(scope="session")
 def measured_minimum(trained_minimum, minima_cache, suite, device, pytestconfig):
     """Factory ``measured_minimum(config) -> MeasuredMinimum``: trained and measured at most once per run."""
     held: dict[MinimumConfig, MeasuredMinimum] = {}
     settings = pytestconfig.stash.get(RUN_MINIMA, {})
+    trained: set[MinimumConfig] = set()
 
     def get(config: MinimumConfig) -> MeasuredMinimum:
         if config not in held:
-            minima_cache.get_many(settings.pop(config.with_(seed=0), [config]))
+            setting = config.with_(seed=0)
+            if setting not in trained:
+                trained.add(setting)
+                minima_cache.get_many(settings.get(setting, [config]))
             held[config] = measure(trained_minimum(config), suite.profile.measurement, suite.base_seed, device)
         return held[config]
 

@@ -6,7 +6,8 @@ sharpness of every minimum available (then a ≪ 2/η). Paper, FashionMNIST GD, 
 2/η = 200). a·η/2 never exceeds ≈ 1.02. At paper scale the rows and the run's summary show these
 numbers beside ours (the C5 plan of ``claims/profiles.py``).
 
-Regimes. η is in the *edge regime* when GD at a smaller η of the grid (any seed) reached a minimum
+Regimes. η is in the *edge regime* when GD at a smaller η of the grid (any seed, among the minima
+this run selected: ``-k`` that leaves out the small η leaves their regime undetermined) reached a minimum
 sharper than 2/η — sharper minima exist within GD's reach, so only stability keeps GD off them. η is
 *landscape-limited* where the C5 plan declares it (``expect["landscape-limited"]``, from the paper's
 table or the profile's measured landscape, not from this run), and the measurement must agree (no
@@ -51,16 +52,20 @@ def gd_setups(suite) -> dict[str, str]:
 EDGE, LANDSCAPE, UNDETERMINED = "edge", "landscape-limited", "not determined"
 
 
-def edge_by_measurement(suite, measured_minimum, lr: float, setup: str) -> tuple[bool, float]:
+def smaller_lrs(suite, run_minima, lr: float, setup: str) -> list:
+    """The GD configs of this run at a smaller η on this setup (deselected ones are not trained for this)."""
+    return [c for c in gd_configs(suite) if c.setup.name == setup and c.lr < lr and c in run_minima]
+
+
+def edge_by_measurement(suite, measured_minimum, run_minima, lr: float, setup: str) -> tuple[bool, float]:
     """(a GD minimum sharper than 2/η found at a smaller η on this setup?, the sharpest such a; 0 if none)."""
-    smaller = [c for c in gd_configs(suite) if c.setup.name == setup and c.lr < lr]
-    sharpest = sharpest_found([measured_minimum(c) for c in smaller])
+    sharpest = sharpest_found([measured_minimum(c) for c in smaller_lrs(suite, run_minima, lr, setup)])
     return sharpest > 2 / lr, sharpest
 
 
-def regime(suite, measured_minimum, lr: float, setup: str) -> tuple[str, float, str]:
+def regime(suite, measured_minimum, run_minima, lr: float, setup: str) -> tuple[str, float, str]:
     """(regime, sharpest GD minimum found at a smaller η, disagreement between declaration and measurement)."""
-    edge, sharpest = edge_by_measurement(suite, measured_minimum, lr, setup)
+    edge, sharpest = edge_by_measurement(suite, measured_minimum, run_minima, lr, setup)
     declared = lr in suite.plan("C5").expect["landscape-limited"].value.get(setup, ())
     if declared:
         conflict = (f"declared landscape-limited, but GD at a smaller η found a = {sharpest:.4g} > 2/η = {2 / lr:.4g}"
@@ -81,14 +86,16 @@ def bounds_for(suite, which: str, kind: str) -> tuple[float | None, float]:
 
 @pytest.mark.claim("C5")
 @pytest.mark.cases(gd_config=gd_configs)
-def test_gd_solution_at_the_edge(claim, suite, measured_minimum, gd_config):
+def test_gd_solution_at_the_edge(claim, suite, measured_minimum, run_minima, gd_config):
     """Every GD solution: a·η/2 ≤ 1.05; in the edge regime also a·η/2 ≥ 0.94; where landscape-limited
     a·η/2 ≤ 0.75 (a ≪ 2/η)."""
     m = claim.measure(measured_minimum, gd_config)
-    kind, sharpest, conflict = regime(suite, measured_minimum, gd_config.lr, gd_config.setup.name)
+    kind, sharpest, conflict = regime(suite, measured_minimum, run_minima, gd_config.lr, gd_config.setup.name)
     floor, ceiling = bounds_for(suite, "single", kind)
+    smaller = sorted({c.lr for c in smaller_lrs(suite, run_minima, gd_config.lr, gd_config.setup.name)})
     claim.record(
-        measured={**m.measured(), "regime": kind, "sharpest GD minimum at smaller lr": sharpest},
+        measured={**m.measured(), "regime": kind, "sharpest GD minimum at smaller lr": sharpest,
+                  "smaller lr in this run": smaller},
         expected={**m.bounds(), "a eta/2 at most": ceiling, "a eta/2 at least": floor},
         seed=gd_config.seed, dtype=m.a.dtype, minimum=m.point(), grids=suite.describe())
     require_minimum(m)
@@ -103,12 +110,12 @@ def test_gd_solution_at_the_edge(claim, suite, measured_minimum, gd_config):
 
 @pytest.mark.claim("C5")
 @pytest.mark.cases(gd_group=setting_groups)
-def test_mean_sharpness_per_learning_rate(claim, suite, measured_minimum, gd_group):
+def test_mean_sharpness_per_learning_rate(claim, suite, measured_minimum, run_minima, gd_group):
     """The paper's table: mean a over seeds at each η; its a·η/2 ≤ 1.02, within [0.96, 1.02] in the edge
     regime, ≤ 0.75 where landscape-limited."""
     minima = claim.measure(lambda: [measured_minimum(c) for c in gd_group])
     c0 = gd_group[0]
-    kind, sharpest, conflict = regime(suite, measured_minimum, c0.lr, c0.setup.name)
+    kind, sharpest, conflict = regime(suite, measured_minimum, run_minima, c0.lr, c0.setup.name)
     floor, ceiling = bounds_for(suite, "mean", kind)
     mean_a = statistics.fmean(m.a.value for m in minima)
     ratio = mean_a * c0.lr / 2
@@ -138,7 +145,7 @@ def test_edge_regime_spans_a_wide_range(claim, suite, measured_minimum, gd_setup
     configs = [c for c in gd_configs(suite) if c.setup.name == gd_setup]
     minima = claim.measure(lambda: [measured_minimum(c) for c in configs])
     lrs = sorted({c.lr for c in configs})
-    edge_lrs = [lr for lr in lrs if regime(suite, measured_minimum, lr, gd_setup)[0] == EDGE]
+    edge_lrs = [lr for lr in lrs if regime(suite, measured_minimum, frozenset(configs), lr, gd_setup)[0] == EDGE]
     span = max(edge_lrs) / min(edge_lrs) if edge_lrs else 0.0
     claim.record(measured={"edge-regime lrs": edge_lrs, "span": span},
                  expected={"lrs": lrs, "span at least": min_span},
