@@ -59,7 +59,9 @@ def test_gd_stays_at_x1(claim):
 
 @pytest.mark.claim("C4")
 def test_sgd_leaves_x1_and_ends_at_x0(claim, base_seed):
-    """SGD (B = 1) leaves x = 1 and ends at x = 0 in ≥ 95% of the runs (the issue's threshold).
+    """SGD (B = 1) leaves x = 1 and ends at x = 0 in ≥ 95% of the runs: the median escape step is about 50
+    of the 500 (predicted 52), so nearly every run has time to leave, and a 5% allowance still fails a
+    library that leaves SGD at a stable x = 1 (no run escapes).
 
     The escape step (first |x − 1| > 0.1) is recorded beside the step predicted by the typical
     growth rate of |x − 1|, E log|1 − ηh| per step.
