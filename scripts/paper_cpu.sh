@@ -4,11 +4,12 @@
 #
 #   scripts/paper_cpu.sh [BUDGET] [pytest arguments...]      e.g.  scripts/paper_cpu.sh 2h --report-dir reports/paper-cpu
 #
-# Left to the GPU plan (scripts/gpu_check.sh): GD at η ≤ 0.1 (hours at ≈5 it/s on one core; C6's B = n
-# pair, C10, C14, C12's GD minimum, C8 over the whole grid), GD η = 0.5 beyond two seeds (19 min each),
+# Left to the GPU plan (scripts/gpu_check.sh): GD at η ≤ 0.1 (hours at ≈12 it/s on one core; C6's B = n
+# pair, C10, C14, C12's GD minimum, C8 over the whole grid), GD η = 0.5 beyond two seeds (10 min each),
 # C5's edge-span case (needs every η), the VGG and ResNets on CIFAR-10 (C5, C13). Measured training times
 # per minimum, one core: SGD η=0.1 B=10 75-100 s, B=100 300-580 s, η=0.5 B=50 64-76 s, GD η=5 140-230 s,
-# GD η=1 245-430 s, GD η=0.5 ≈ 1130 s (reports/README.md).
+# GD η=1 245-430 s, GD η=0.5 560-610 s (reports/README.md). The seeds of an SGD setting train together
+# (MinimaCache.get_many: 5 seeds of B = 100 in 1473 s under load).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 budget=${1:-2h}
