@@ -1,7 +1,9 @@
 """Statistics over sets of measured minima that several trained-net claims share."""
 from __future__ import annotations
 
+import math
 import statistics
+from dataclasses import dataclass
 
 from scipy import stats
 
@@ -35,3 +37,45 @@ def monotone_trend(minima: list[MeasuredMinimum], setting: str, rising: bool, al
         if not tau.pvalue < alpha:
             failures.append(f"{q}: Kendall τ = {tau.statistic:.3f}, one-sided p = {tau.pvalue:.3g} ≥ {alpha}")
     return measured, failures
+
+
+#: The paper's means are over about 5 runs per setting (PAPER.md §3).
+PAPER_RUNS = 5
+
+
+@dataclass(frozen=True)
+class PaperAgreement:
+    """Our mean over seeds against the paper's mean of ``PAPER_RUNS`` runs, and the difference allowed."""
+
+    what: str
+    ours: float
+    paper: float
+    tolerance: float
+    sd: float          # our seed-to-seed standard deviation
+
+    @property
+    def holds(self) -> bool:
+        return abs(self.ours - self.paper) <= self.tolerance
+
+    def entries(self) -> dict:
+        return {f"{self.what}: ours - paper": self.ours - self.paper, f"{self.what}: allowed": self.tolerance,
+                f"{self.what}: seed sd": self.sd}
+
+    def message(self) -> str:
+        return (f"{self.what}: ours {self.ours:.4g} vs the paper's {self.paper:.4g}, difference "
+                f"{self.ours - self.paper:+.3g} beyond the {self.tolerance:.3g} allowed (seed sd {self.sd:.3g})")
+
+
+def paper_agreement(what: str, values: list[float], paper: float, spread: float, floor: float) -> PaperAgreement:
+    """|mean(values) − paper| ≤ max(spread·sd·√(1/k + 1/PAPER_RUNS), floor·|paper|).
+
+    sd is the seed-to-seed standard deviation of our k values, taken for the paper's runs too (it gives
+    none), so sd·√(1/k + 1/5) is the standard error of the difference of the two means; ``floor`` (a
+    fraction of the paper's value) covers what seeds do not vary, the data subset and initialisation.
+
+    >>> paper_agreement("a", [8.0, 8.4, 8.2], 7.9, 3.0, 0.05).holds
+    True
+    """
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    tolerance = max(spread * sd * math.sqrt(1 / len(values) + 1 / PAPER_RUNS), floor * abs(paper))
+    return PaperAgreement(what, statistics.fmean(values), paper, tolerance, sd)
