@@ -88,8 +88,8 @@ def test_smaller_batch_selects_flatter_more_uniform_minima(claim, suite, measure
     b1, b2 = first[0].batch_size, second[0].batch_size
     heads = [headline(suite, first, small), headline(suite, second, large)]
     spread, floor = suite.threshold("C6", "paper spread"), suite.threshold("C6", "paper floor")
-    agreements = [paper_agreement(f"mean {q} at B={'n' if group[0].is_gd else group[0].batch_size}",
-                                  [value(m, q) for m in group], head["paper"][i], spread, floor)
+    agreements = [paper_agreement(f"mean {q} at {head['what'].removeprefix('a, s at ')}", [value(m, q) for m in group],
+                                  head["paper"][i], spread, floor)
                   for group, head in ((small, heads[0]), (large, heads[1])) if isinstance(head["paper"], tuple)
                   for i, q in enumerate(QUANTITIES)]
     claim.record(
