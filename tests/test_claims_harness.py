@@ -3,6 +3,9 @@ and the report of runs that stop early (inner pytest runs via ``pytester``)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -206,3 +209,46 @@ def test_cost_estimate_from_measurements_at_collection(pytester, monkeypatch):
     out = result.stdout.str()
     assert "C6     2 cases, 2 minima (0 cached): ≈ 3m 20s" in out, out
     assert "C7     2 cases, 1 minimum (0 cached): ≥ 10 s + 1 part unmeasured" in out, out
+
+
+PAPER_NUMBERS_PLUGIN = '''
+"""Gives the small profile paper numbers for C6 (a, s per batch size), so that its paper path runs."""
+import dataclasses
+
+from claims import profiles
+
+SCALE = {scale}
+OURS = {ours}  # the committed reference run's means at B = 2, 20, n
+
+
+def _small_with_paper():
+    small = profiles._small()
+    numbers = {{(0.1, b): (a * SCALE, s * SCALE) for b, (a, s) in OURS.items()}}
+    c6 = dataclasses.replace(small.plans["C6"], paper={{"a, s": {{"fnn": numbers}}}})
+    return dataclasses.replace(small, paper_note="", plans=profiles._frozen({{**small.plans, "C6": c6}}))
+
+
+profiles.PROFILES["small"] = _small_with_paper
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scale, passes", [(1.0, True), (1.5, False)], ids=["paper-agrees", "paper-1.5x"])
+def test_paper_numbers_are_asserted_where_the_profile_has_them(tmp_path, pytestconfig, scale, passes):
+    """C6 with paper numbers equal to the reference run's means passes and records the agreement; numbers
+    1.5× ours fail with the agreement message (the path a paper-scale run takes, at the small scale's cost)."""
+    heads = next(s["headline"] for s in json.loads((ROOT / "reports/reference/claims.json").read_text())["summary"]
+                 if s["claim"] == "C6")
+    ours = {None if h["what"].endswith("=n") else int(h["what"].rpartition("=")[2]): tuple(h["ours"]) for h in heads}
+    (tmp_path / "paper_numbers.py").write_text(PAPER_NUMBERS_PLUGIN.format(scale=scale, ours=ours))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "paper_numbers", "-p", "no:cacheprovider", "-q",
+                             "claims/test_c06_batch_size.py", "--report-dir", str(tmp_path / "report"),
+                             "--cache-dir", pytestconfig.getoption("--cache-dir")],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    assert (result.returncode == 0) == passes, result.stdout[-3000:]
+    rows = json.loads((tmp_path / "report" / "claims.json").read_text())["rows"]
+    allowed = [k for r in rows for k in r["measured"] if k.endswith(": allowed")]
+    assert len(allowed) == 2 * 2 * len(rows) == 8, allowed   # a and s at both batch sizes of both cases
+    if not passes:
+        assert "beyond the" in result.stdout and "allowed (seed sd" in result.stdout, result.stdout[-3000:]
