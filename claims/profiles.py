@@ -117,7 +117,8 @@ class Measurement:
     """How every trained minimum is measured: Lanczos to ``tol`` within ``maxiter`` iterations, in float32;
     a solve of a or s that ends unconverged is solved again in float64 (``float64_retry``), and its row
     says so (``a dtype``, ``s dtype``): at the paper's d ≈ 9e5, float32 products of Σ stall some solves at
-    a measured residual of 1.04-1.13e-4, just above tol 1e-4 (reports/paper-cpu, first partial run)."""
+    a measured residual of 1.04-1.13e-4, just above tol 1e-4 (the first, partial paper-scale run; none
+    in the complete one of reports/paper-cpu)."""
 
     tol: float
     maxiter: int
