@@ -96,17 +96,19 @@ def measure(minimum: Minimum, how: Measurement, seed: int, device: str) -> Measu
     seconds = {}
     with measurement_threads(device):
         problem = minimum.problem(device=device)
+
+        def solve(criterion):  # float32, then float64 where float32 did not converge
+            result = criterion(problem, tol=how.tol, maxiter=how.maxiter, seed=seed)
+            if not result.converged and how.float64_retry:
+                result = criterion(minimum.problem(dtype=torch.float64, device=device), tol=how.tol,
+                                   maxiter=how.maxiter, seed=seed)
+            return result
+
         start = time.perf_counter()
-        a = stabcheck.sharpness(problem, tol=how.tol, maxiter=how.maxiter, seed=seed)
-        if not a.converged and how.float64_retry:
-            a = stabcheck.sharpness(minimum.problem(dtype=torch.float64, device=device), tol=how.tol,
-                                    maxiter=how.maxiter, seed=seed)
+        a = solve(stabcheck.sharpness)
         seconds["a"] = time.perf_counter() - start
         start = time.perf_counter()
-        s = stabcheck.non_uniformity(problem, tol=how.tol, maxiter=how.maxiter, seed=seed)
-        if not s.converged and how.float64_retry:
-            s = stabcheck.non_uniformity(minimum.problem(dtype=torch.float64, device=device), tol=how.tol,
-                                         maxiter=how.maxiter, seed=seed)
+        s = solve(stabcheck.non_uniformity)
         seconds["s"] = time.perf_counter() - start
         start = time.perf_counter()
         t1 = stabcheck.theorem1(problem, lr=c.lr, batch_size=c.batch_size, tol=how.tol, maxiter=how.maxiter,

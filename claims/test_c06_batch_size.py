@@ -57,11 +57,15 @@ def value(m, quantity: str) -> float:
     return m.a.value if quantity == "a" else m.s.value
 
 
+def batch_label(c) -> str:
+    return f"B={'n' if c.is_gd else c.batch_size}"
+
+
 def headline(suite, configs: list, minima: list) -> dict:
     """Mean a and s at one batch size beside the paper's (a, s) there."""
     c = configs[0]
     batch = None if c.is_gd else c.batch_size
-    return {"what": f"a, s at B={'n' if c.is_gd else c.batch_size}",
+    return {"what": f"a, s at {batch_label(c)}",
             "ours": [statistics.fmean(value(m, q) for m in minima) for q in QUANTITIES],
             "paper": suite.paper("C6", "a, s", c.setup.name, (c.lr, batch))}
 
@@ -88,7 +92,7 @@ def test_smaller_batch_selects_flatter_more_uniform_minima(claim, suite, measure
     b1, b2 = first[0].batch_size, second[0].batch_size
     heads = [headline(suite, first, small), headline(suite, second, large)]
     spread, floor = suite.threshold("C6", "paper spread"), suite.threshold("C6", "paper floor")
-    agreements = [paper_agreement(f"mean {q} at {head['what'].removeprefix('a, s at ')}", [value(m, q) for m in group],
+    agreements = [paper_agreement(f"mean {q} at {batch_label(group[0].config)}", [value(m, q) for m in group],
                                   head["paper"][i], spread, floor)
                   for group, head in ((small, heads[0]), (large, heads[1])) if isinstance(head["paper"], tuple)
                   for i, q in enumerate(QUANTITIES)]

@@ -252,3 +252,20 @@ def test_paper_numbers_are_asserted_where_the_profile_has_them(tmp_path, pytestc
     assert len(allowed) == 2 * 2 * len(rows) == 8, allowed   # a and s at both batch sizes of both cases
     if not passes:
         assert "beyond the" in result.stdout and "allowed (seed sd" in result.stdout, result.stdout[-3000:]
+
+
+@pytest.mark.parametrize("retry", [True, False], ids=["float64-retry", "no-retry"])
+def test_unconverged_float32_solves_are_solved_again_in_float64(tmp_path, retry):
+    """measure(): an a or s solve that misses tol in float32 (here 1 step to 1e-12) is solved again in float64
+    when the profile says so, and the point records which dtype measured each."""
+    from claims.measured import measure
+    from claims.profiles import Measurement
+    from stabcheck.experiments.minima import MinimaCache
+    from stabcheck.experiments.setups import Setup
+
+    tiny = Setup("tiny", "fashion_mnist", 20, "fnn", (("widths", (8,)),), tol=1e-2, max_iters=400)
+    minimum = MinimaCache(tmp_path, progress=False).get(tiny.config(lr=0.5, batch_size=None, seed=0))
+    m = measure(minimum, Measurement(tol=1e-12, maxiter=1, float64_retry=retry), seed=0, device="cpu")
+    expected = "float64" if retry else "float32"
+    assert (m.point()["a dtype"], m.point()["s dtype"]) == (expected, expected)
+    assert m.theorem1.dtype == "float32"

@@ -75,16 +75,14 @@ def sigma_factored(problem: Problem, v: Params, centred: bool) -> Params:
     with torch.no_grad():
         first = records_of(chunks[0])
         hold = records_bytes(first) * len(chunks) <= HOLD_RECORDS_BYTES
-        held: list[Records | None] = [first]
+        held: list[Records | None] = []
         hv_total: Params = {}
         for i, c in enumerate(chunks):
             records = first if i == 0 else records_of(c, keep=hold)
             for k, t in records.hv_sum.items():
                 add_into(hv_total, k, t)
-            if i:
-                held.append(records if hold else None)
-            del records
-        del first
+            held.append(records if hold or i == 0 else None)
+        del records, first
         # H v takes one all_sum on every rank.
         hv_mean = {k: t / n for k, t in problem.all_sum(hv_total).items()}
         out: Params = {}
