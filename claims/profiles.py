@@ -330,7 +330,8 @@ def _paper() -> Profile:
                    expect={"landscape-limited": Declared(
                        {"fnn": (0.01,)}, "the paper's table: GD at η = 0.01 ends at a = 53.5, far below 2/η = 200, "
                        "while at η = 0.05 it sits at the edge (39.3 vs 40)")}),
-        "C6": Plan(grids=(Grid("fnn", (0.1,), (10, 100, None), seeds),), thresholds=C6, paper=PAPER_C6,
+        "C6": Plan(grids=(Grid("fnn", (0.1,), (10, 100, None), seeds), Grid("vgg", (0.1,), (10, 100, None), seeds)),
+                   thresholds=C6, paper=PAPER_C6,
                    expect={"binds": Declared(
                        {(0.1, 10, 100): True, (0.1, 100, None): False},
                        "the paper's minima: s ≈ 44.4 at B = 100 lies beyond B = 10's bound 31.8; s ≈ 45 of GD lies "
@@ -356,7 +357,8 @@ def _paper() -> Profile:
     }
     # One core of the CI CPU, one thread (reports/README.md, "Paper scale on this CPU").
     train_seconds = {("fnn", 0.1, 10, 0.0): 90, ("fnn", 0.1, 100, 0.0): 270, ("fnn", 0.5, None, 0.0): 600,
-                     ("fnn", 0.5, 50, 0.0): 75, ("fnn", 1.0, None, 0.0): 350, ("fnn", 5.0, None, 0.0): 180}
+                     ("fnn", 0.5, 50, 0.0): 75, ("fnn", 1.0, None, 0.0): 350, ("fnn", 5.0, None, 0.0): 180,
+                     ("vgg", 0.1, 10, 0.0): 27, ("vgg", 0.1, 100, 0.0): 111}
     return Profile(name="paper", setups=_frozen({s.name: s for s in (fnn, vgg, res_bn, res_free)}),
                    measurement=Measurement(tol=1e-4, maxiter=50), plans=_frozen(plans),
                    train_seconds=_frozen(train_seconds), measure_seconds=10.0)

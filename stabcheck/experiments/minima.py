@@ -1,6 +1,7 @@
 """An on-disk cache of trained minima, shared by all claims and safe under pytest-xdist.
 
-Key = sha256 of the :class:`~stabcheck.experiments.setups.MinimumConfig`, the trainer version, the torch
+Key = sha256 of what trains (:func:`training_fields`: the :class:`~stabcheck.experiments.setups.MinimumConfig`
+without the setup's display name), the trainer version, the torch
 version and the device type (CPU and GPU runs give different parameters). A miss trains under a
 file lock (``filelock``), so concurrent workers asking for the same minimum train it once; files
 are written to a temporary name and renamed, so a reader never sees half a file. Temporaries left
@@ -52,11 +53,24 @@ def cache_key(config: MinimumConfig, device: str | torch.device = "cpu", dtype: 
     (True, False)
     """
     payload = {
-        "config": config.as_dict(), "trainer_version": TRAINER_VERSION,
+        "config": training_fields(config), "trainer_version": TRAINER_VERSION,
         "torch": ".".join(torch.__version__.split("+")[0].split(".")[:2]),
         "device": torch.device(device).type, "dtype": dtype,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def training_fields(config: MinimumConfig) -> dict:
+    """What decides the trained parameters: the config without the setup's display ``name``, so two
+    setups that differ only in name (a profile's ``fnn`` and ``fnn_gd``) share one cached minimum.
+
+    >>> from stabcheck.experiments.setups import Setup
+    >>> a = Setup("fnn", "fashion_mnist", 100, "fnn").config(0.1, None, 0)
+    >>> b = Setup("fnn_gd", "fashion_mnist", 100, "fnn").config(0.1, None, 0)
+    >>> training_fields(a) == training_fields(b), cache_key(a) == cache_key(b)
+    (True, True)
+    """
+    return training_fields_of(config.as_dict())
 
 
 @lru_cache(maxsize=8)
@@ -233,7 +247,7 @@ class MinimaCache:
             path.unlink(missing_ok=True)
             path.with_suffix(".json").unlink(missing_ok=True)
             return None
-        if blob["config"] != config.as_dict():
+        if training_fields_of(blob["config"]) != training_fields(config):
             raise RuntimeError(f"cache file {path} holds a different config (hash collision or edited file); delete it")
         return Minimum(config, blob["record"], blob["loss_curve"], blob["state"], dataset, path.stem, path, True)
 
@@ -265,6 +279,11 @@ class MinimaCache:
             print(f"[minima] {config.label}: {rec.status} after {rec.iterations} iterations, "
                   f"{rec.wall_time:.1f} s{together}", file=sys.stderr, flush=True)
         return Minimum(config, record, rec.loss_curve, rec.state, dataset, path.stem, path, False)
+
+
+def training_fields_of(stored: dict) -> dict:
+    """:func:`training_fields` of a config stored as a dict in a cache file."""
+    return {**stored, "setup": {k: v for k, v in stored["setup"].items() if k != "name"}}
 
 
 def _remove_stale_temporaries(path: Path) -> None:
