@@ -196,16 +196,22 @@ def test_inplace_activations_give_the_dense_sigma(activation):
     assert net[1].inplace  # the user's module is left as it was
 
 
-def test_supports_answers_false_when_a_rule_fails(monkeypatch):
-    """supports() never raises: an error inside the probe becomes the reason, and ``auto`` moves on."""
-    def broken(self, ctx, a, a_dot):
+@pytest.mark.parametrize("where", ["probe", "product"])
+def test_auto_surfaces_an_error_inside_the_engine(where, monkeypatch):
+    """A rule that fails is a bug, not an unsupported model: ``auto`` raises it instead of falling back
+    to ``vmap``, whether it fails in the probe that decides support or in a later product."""
+    problem = make_problem("mlp-tanh", "mse")
+    if where == "product":
+        assert factored.supports(problem)  # the probe passed and its verdict is cached
+
+    def broken(self, *args):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(factored.layers.ElementwiseRule, "forward1", broken)
-    problem = make_problem("mlp-tanh", "mse")
-    assert factored.supports(problem) is False
-    assert "RuntimeError: boom" in factored.unsupported_reason(problem)
-    assert resolve_engine(problem, "auto").name == "vmap"
+    monkeypatch.setattr(factored.layers.ElementwiseRule, "backward2" if where == "product" else "forward1", broken)
+    with pytest.raises(RuntimeError, match="boom"):
+        stabcheck.non_uniformity(problem, engine="auto", tol=1e-6)
+    with pytest.raises(RuntimeError, match="boom"):
+        SigmaOperator(problem, "auto").matvec(torch.ones(problem.dim, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("chunk_size", [256, 4], ids=["one-chunk", "chunks-of-4"])

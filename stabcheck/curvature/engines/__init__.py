@@ -21,7 +21,11 @@ def _always(problem: Problem) -> bool:
 
 @dataclass(frozen=True)
 class SigmaEngine:
-    """A way to compute Σ v; ``supports(problem)`` is False (never raises) where it has no rule."""
+    """A way to compute Σ v; ``supports(problem)`` is False where it has no rule.
+
+    ``supports`` raises only on a bug (never for a model it cannot handle), so ``auto`` moves on to the
+    next engine for an unsupported model only and never hides a failure.
+    """
 
     name: str
     apply: Callable[[Problem, Params, bool], Params]

@@ -21,9 +21,9 @@ Supported: ``nn.Sequential`` (nested) of Linear (2-D inputs), Conv2d (zeros padd
 the element-wise activations of ``SMOOTH`` and ``PIECEWISE_LINEAR`` (``inplace=True`` ones are
 applied out of place), MaxPool2d, AdaptiveMaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten,
 Unflatten, Identity and inactive Dropout, but not subclasses of these that override ``forward``.
-Anything else is declared unsupported (:func:`unsupported_reason` says why; :func:`supports`
-never raises) and ``engine="auto"`` picks the next engine; the operator's ``.engine`` names the
-one that ran.
+Anything else is declared unsupported with :class:`UnsupportedModel` (:func:`unsupported_reason`
+says why) and ``engine="auto"`` picks the next engine; the operator's ``.engine`` names the one that
+ran. Any other error inside the engine propagates: ``auto`` never falls back on a failure.
 
 >>> import torch
 >>> from stabcheck.curvature.problem import Problem

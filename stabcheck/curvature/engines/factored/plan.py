@@ -3,7 +3,8 @@
 The model is flattened through (nested) ``nn.Sequential`` into leaf modules, each given the rule of
 :mod:`.layers` that matches it; anything without one is declared unsupported, and a probe runs
 pass 1 on two samples against the model's own forward. The verdict (a plan or the reason why not)
-is cached per problem.
+is cached per problem. Only :class:`UnsupportedModel` is a verdict: any other error raised while
+planning or probing propagates.
 """
 from __future__ import annotations
 
@@ -84,16 +85,19 @@ _PLANS: "weakref.WeakKeyDictionary[Problem, Plan | str]" = weakref.WeakKeyDictio
 
 
 def unsupported_reason(problem: Problem) -> str | None:
-    """None when the factored engine handles ``problem``, else why not (the module and rule missing)."""
+    """None when the factored engine handles ``problem``, else why not (the module and rule missing).
+
+    Raises whatever a rule raises other than :class:`UnsupportedModel` (a bug, not a verdict).
+    """
     if problem not in _PLANS:
         try:
             plan = build_plan(problem)
             probe(plan, problem)
             _PLANS[problem] = plan
         except UnsupportedModel as exc:
+            # Only the engine's own verdict is cached and makes ``auto`` move on; any other error is
+            # a bug in a rule and propagates, so it is seen instead of costing ~40× the products.
             _PLANS[problem] = str(exc)
-        except Exception as exc:  # supports() answers False, never raises (the SigmaEngine contract)
-            _PLANS[problem] = f"the factored pass failed on two samples ({type(exc).__name__}: {exc})"
     entry = _PLANS[problem]
     return entry if isinstance(entry, str) else None
 
