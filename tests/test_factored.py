@@ -63,13 +63,60 @@ def test_dense_sigma_matrix(model_name):
 def test_chunks_give_the_same_product(chunk_size, hold_bytes, monkeypatch):
     """Several chunks, with unequal last chunks: their records held until H v is known, or (beyond the
     memory limit) H v first by a sweep that records nothing and pass 1 again per chunk."""
-    monkeypatch.setattr(factored, "HOLD_RECORDS_BYTES", hold_bytes)
+    sweeps = []
+    monkeypatch.setattr(factored, "pass1", _counting(factored.pass1, sweeps))
+    engine = SIGMA_ENGINES["factored"].with_options(hold_records_bytes=hold_bytes)
     whole = _problem("cnn-pool", "ce", torch.float64)
     chunked = _problem("cnn-pool", "ce", torch.float64, chunk_size=chunk_size)
     v = _random_tangent(whole)
     for centred in (True, False):
         ref = factored.sigma_factored(whole, v, centred)
-        assert _relative_error(factored.sigma_factored(chunked, v, centred), ref, whole) <= 1e-12
+        sweeps.clear()
+        assert _relative_error(engine(chunked, v, centred), ref, whole) <= 1e-12
+        chunks = len(chunked.chunks())
+        assert len(sweeps) == (chunks if hold_bytes else 2 * chunks - 1)
+
+
+def _counting(function, calls: list):
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return function(*args, **kwargs)
+
+    return counted
+
+
+def test_engine_options_are_checked():
+    with pytest.raises(stabcheck.ProblemError, match=r"no option hold_bytes; its options: \['hold_records_bytes'\]"):
+        SIGMA_ENGINES["factored"].with_options(hold_bytes=0)
+    with pytest.raises(stabcheck.ProblemError, match="hold_records_bytes must be a whole number of bytes ≥ 0, got -1"):
+        SIGMA_ENGINES["factored"].with_options(hold_records_bytes=-1)
+    with pytest.raises(ValueError, match="samples_per_call must be at least 1"):
+        SIGMA_ENGINES["vmap"].with_options(samples_per_call=0)
+    with pytest.raises(stabcheck.ProblemError, match="'loop' Σ engine has no option samples_per_call"):
+        SIGMA_ENGINES["loop"].with_options(samples_per_call=4)
+    assert SIGMA_ENGINES["factored"].options == factored.FactoredOptions()  # the registry is left alone
+
+
+@pytest.mark.parametrize("samples_per_call,chunk_size,sizes", [(32, 4, [4, 2]), (3, 256, [3, 3]), (32, 256, [6])])
+def test_vmap_batches_at_most_its_option_and_the_chunk_size(samples_per_call, chunk_size, sizes, monkeypatch):
+    """A configured engine passes through the criteria; vmap's batches obey both memory limits."""
+    problem = _problem("mlp-tanh", "mse", torch.float64, chunk_size=chunk_size)
+    _, _, sigma = dense_curvature(problem)
+    batches = []
+    chunks = problem.chunks
+
+    def recorded(size=None):
+        out = chunks(size)
+        if size is not None:  # the vmap engine's batches (H v runs in the default chunks)
+            batches.append([c.stop - c.start for c in out])
+        return out
+
+    monkeypatch.setattr(problem, "chunks", recorded)
+    engine = SIGMA_ENGINES["vmap"].with_options(samples_per_call=samples_per_call)
+    res = stabcheck.non_uniformity(problem, engine=engine, tol=1e-10, maxiter=problem.dim)
+    assert res.engine == "vmap"
+    assert res.eigenvalue == pytest.approx(float(torch.linalg.eigvalsh(sigma)[-1]), rel=1e-8)
+    assert batches and all(b == sizes for b in batches)
 
 
 def _layer_zoo():

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from . import products
 from .bounds import noise_factor
-from .engines import factored, resolve_engine
+from .engines import SigmaEngine, factored, resolve_engine
 from .problem import CurvatureError, Params, Problem, ProblemError
 from .products import axpy
 
@@ -149,13 +149,14 @@ class HessianOperator(CurvatureOperator):
 class SigmaOperator(CurvatureOperator):
     """Σ = (1/n) Σ_i (H_i − H)² (centred; ``centred=False`` uses (1/n) Σ_i H_i² − H²).
 
-    ``engine`` picks how the per-sample products are computed (a name in ``SIGMA_ENGINES`` or
-    "auto"); all engines give the same matrix. ``.engine`` is the name of the one that runs.
+    ``engine`` picks how the per-sample products are computed (a name in ``SIGMA_ENGINES``, "auto",
+    or an engine with its options set by ``SigmaEngine.with_options``); all engines give the same
+    matrix. ``.engine`` is the name of the one that runs.
     """
 
     name = "sigma"
 
-    def __init__(self, problem: Problem, engine: str = "auto", centred: bool = True):
+    def __init__(self, problem: Problem, engine: str | SigmaEngine = "auto", centred: bool = True):
         super().__init__(problem)
         self._engine = resolve_engine(problem, engine)
         self.engine = self._engine.name
@@ -177,7 +178,7 @@ class Theorem1Operator(CurvatureOperator):
 
     name = "theorem1"
 
-    def __init__(self, problem: Problem, lr: float, batch_size: int, engine: str = "auto", excess: bool = False,
+    def __init__(self, problem: Problem, lr: float, batch_size: int, engine: str | SigmaEngine = "auto", excess: bool = False,
                  hvp: str = "auto"):
         super().__init__(problem)
         self.lr = float(lr)

@@ -39,31 +39,42 @@ True
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from numbers import Integral
+
 import torch
 
-from ...problem import Params, Problem
+from ...problem import Params, Problem, ProblemError
 from .layers import PIECEWISE_LINEAR, SMOOTH, LayerRule, Pass2Context, UnsupportedModel, add_into
 from .passes import Records, hv_sum, pass1, pass2, records_bytes
 from .plan import plan_for, supports, unsupported_reason
 
-__all__ = ["PIECEWISE_LINEAR", "SMOOTH", "LayerRule", "UnsupportedModel", "hvp", "sigma_factored", "supports",
+__all__ = ["PIECEWISE_LINEAR", "SMOOTH", "FactoredOptions", "LayerRule", "UnsupportedModel", "hvp", "sigma_factored", "supports",
            "unsupported_reason"]
 
 
-#: Pass 1's records of every chunk are held until H v is known while they take at most this many bytes
-#: (their tensors; closures such as a pooling's pullback are not counted): then pass 1 runs once per
-#: chunk instead of twice. The paper's FNN at n = 1000 records about 32 MB.
-HOLD_RECORDS_BYTES = 1 << 30
+@dataclass(frozen=True)
+class FactoredOptions:
+    """Memory limit of the factored engine: pass 1's records of every chunk are held until H v is known
+    while their tensors take at most ``hold_records_bytes`` (estimated from the first chunk; closures
+    such as a pooling's pullback are not counted); 0 never holds them."""
+
+    hold_records_bytes: int = 1 << 30
+
+    def __post_init__(self) -> None:
+        value = self.hold_records_bytes
+        if isinstance(value, bool) or not isinstance(value, Integral) or value < 0:
+            raise ProblemError(f"hold_records_bytes must be a whole number of bytes ≥ 0, got {value!r}")
 
 
-def sigma_factored(problem: Problem, v: Params, centred: bool) -> Params:
+def sigma_factored(problem: Problem, v: Params, centred: bool, options: FactoredOptions = FactoredOptions()) -> Params:
     """Σv = (1/n) Σ_i H_i (H_i v − H v) (centred) or (1/n) Σ_i H_i² v − H² v, from per-sample factors.
 
     Works in the chunks of :meth:`Problem.chunks` (the memory knob it shares with the H v product).
     Pass 1 on every chunk gives H v; pass 2 then applies each H_i to H_i v − H v. Pass 2 needs H v,
     the mean over all chunks, so the chunks' records are held in between while they fit in
-    ``HOLD_RECORDS_BYTES``; beyond, a first sweep that records nothing gives H v and every chunk
-    but the first runs pass 1 again.
+    ``options.hold_records_bytes``: then pass 1 runs once per chunk. Beyond, a first sweep that
+    records nothing gives H v and every chunk but the first runs pass 1 again.
     """
     plan = plan_for(problem)
     n = problem.n
@@ -74,7 +85,7 @@ def sigma_factored(problem: Problem, v: Params, centred: bool) -> Params:
 
     with torch.no_grad():
         first = records_of(chunks[0])
-        hold = records_bytes(first) * len(chunks) <= HOLD_RECORDS_BYTES
+        hold = records_bytes(first) * len(chunks) <= options.hold_records_bytes
         held: list[Records | None] = []
         hv_total: Params = {}
         for i, c in enumerate(chunks):
