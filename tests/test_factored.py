@@ -153,7 +153,8 @@ def test_gram_rule_is_exercised():
     problem = stabcheck.Problem(net, torch.randn(2, 2, 8, 8, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64))
     plan = factored.plan.plan_for(problem)
     records = factored.passes.pass1(plan, problem.params, problem.inputs, problem.targets, problem.loss, problem.params)
-    assert [st.gram for st in records.states if isinstance(st, factored.layers.Conv2dState)] == [False, False, True]
+    forms = [type(st.factors) for st in records.states if isinstance(st, factored.layers.Conv2dState)]
+    assert forms == [factored.layers.Conv2dTangents, factored.layers.Conv2dTangents, factored.layers.Conv2dGram]
 
 
 class _Doubled(nn.Sequential):
@@ -254,7 +255,7 @@ def test_auto_surfaces_an_error_inside_the_engine(where, monkeypatch):
     def broken(self, *args):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(factored.layers.ElementwiseRule, "backward2" if where == "product" else "forward1", broken)
+    monkeypatch.setattr(factored.layers.SmoothActivationRule, "backward2" if where == "product" else "forward1", broken)
     with pytest.raises(RuntimeError, match="boom"):
         stabcheck.non_uniformity(problem, engine="auto", tol=1e-6)
     with pytest.raises(RuntimeError, match="boom"):

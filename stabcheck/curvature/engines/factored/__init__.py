@@ -14,7 +14,7 @@ per sample for Linear layers:
 About 1.75 H v products per Σv for the paper's FNN (pass 1: one H v; pass 2: three quarters of one).
 
 The package in three steps, imports running one way: :mod:`.layers` (the :class:`LayerRule`
-interface and one rule per layer kind, with the per-layer math), :mod:`.passes` (the two passes
+interface and one module per layer kind, with the per-layer math), :mod:`.passes` (the two passes
 over a chunk and the loss's factors), :mod:`.plan` (a model's rules, probed once and cached).
 
 Supported: ``nn.Sequential`` (nested) of Linear (2-D inputs), Conv2d (zeros padding, groups=1),

@@ -36,9 +36,16 @@ class Records:
 
 
 def records_bytes(records: Records) -> int:
-    """Bytes of the tensors the layer states of ``records`` hold (closures' saved tensors not counted)."""
-    return sum(value.nbytes for st in records.states if is_dataclass(st)
-               for value in (getattr(st, f.name) for f in fields(st)) if isinstance(value, Tensor))
+    """Bytes of the tensors the layer states of ``records`` hold, their recorded factors included
+    (closures' saved tensors not counted)."""
+    def held(obj: Any) -> int:
+        if isinstance(obj, Tensor):
+            return obj.nbytes
+        if is_dataclass(obj):
+            return sum(held(getattr(obj, f.name)) for f in fields(obj))
+        return 0
+
+    return sum(held(st) for st in records.states)
 
 
 def loss_factors(loss: str, z: Tensor, y: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor]]:
@@ -63,14 +70,14 @@ def pass1(plan: Plan, params: Params, x: Tensor, y: Tensor, loss: str, v: Params
     """Forward-over-reverse at the shared tangent v on the chunk (x, y); ``keep=False`` records nothing."""
     ctx = Pass1Context(params, v, keep=keep)
     states = []
-    a, a_dot = x, None
+    a, a_tangent = x, None
     for layer in plan.layers:
-        st, a, a_dot = layer.forward1(ctx, a, a_dot)
+        st, a, a_tangent = layer.forward1(ctx, a, a_tangent)
         states.append(st)
-    d, loss_hvp = loss_factors(loss, a, y)
-    d_dot = loss_hvp(a_dot)
+    delta, loss_hvp = loss_factors(loss, a, y)
+    delta_tangent = loss_hvp(a_tangent)
     for i in range(len(plan.layers) - 1, plan.first_param - 1, -1):
-        d, d_dot = plan.layers[i].backward1(states[i], ctx, d, d_dot, i > plan.first_param)
+        delta, delta_tangent = plan.layers[i].backward1(states[i], ctx, delta, delta_tangent, i > plan.first_param)
     return Records(states, ctx.hv, a, loss_hvp)
 
 

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from ...problem import Problem
-from .layers import (PIECEWISE_LINEAR, SMOOTH, Conv2dRule, ElementwiseRule, LayerRule, LinearMapRule,
-                     LinearRule, MaxPool2dRule, UnsupportedModel, module_label)
+from .layers import (PIECEWISE_LINEAR, SMOOTH, Conv2dRule, LayerRule, LinearMapRule, LinearRule, MaxPool2dRule,
+                     PiecewiseLinearRule, SmoothActivationRule, UnsupportedModel, module_label)
 from .passes import Plan, pass1
 
 _RESHAPES = (nn.Flatten, nn.Unflatten, nn.Identity)
@@ -46,8 +46,10 @@ def rule_for(module: nn.Module, prefix: str) -> LayerRule:
         return LinearRule(module, prefix)
     if type(module) is nn.Conv2d:
         return Conv2dRule(module, prefix)
-    if isinstance(module, SMOOTH + PIECEWISE_LINEAR):
-        return ElementwiseRule(module, prefix)
+    if isinstance(module, SMOOTH):
+        return SmoothActivationRule(module, prefix)
+    if isinstance(module, PIECEWISE_LINEAR):
+        return PiecewiseLinearRule(module, prefix)
     if isinstance(module, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)):
         return MaxPool2dRule(module, prefix)
     if isinstance(module, _RESHAPES + _LINEAR_MAPS):
