@@ -111,6 +111,38 @@ def test_scipy_linear_operator(case):
     torch.testing.assert_close(torch.as_tensor(op.matmat(vs.numpy())), h @ vs, rtol=RTOL, atol=1e-10)
 
 
+def _every_operator(problem) -> dict:
+    ops = {"H-autodiff": HessianOperator(problem, "autodiff"), "H-factored": HessianOperator(problem, "factored"),
+           "T": Theorem1Operator(problem, 0.5, 3), "T-excess": Theorem1Operator(problem, 0.5, 3, excess=True)}
+    for engine in SIGMA_ENGINES:
+        ops[f"Σ-{engine}"] = SigmaOperator(problem, engine)
+        ops[f"Σ-{engine}-uncentred"] = SigmaOperator(problem, engine, centred=False)
+    return ops
+
+
+@pytest.mark.parametrize("name", sorted(_every_operator(make_problem("mlp-relu", "mse"))))
+def test_matmat_batches_the_columns(case, name, monkeypatch):
+    """matmat: one product traced by vmap for all columns (a loop where vmap cannot trace the product,
+    the loop engine's autograd), equal to a loop of matvecs and to the dense matrix, k products counted."""
+    problem, _, h, sigma = case
+    eye = torch.eye(problem.dim, dtype=torch.float64)
+    p = stabcheck.noise_factor(problem.n, 3)
+    t = (eye - 0.5 * h) @ (eye - 0.5 * h) + 0.25 * p * sigma
+    dense = {"H": h, "Σ": sigma, "T": t - eye if name == "T-excess" else t}[name[0]]
+    op = _every_operator(problem)[name]
+    vs = torch.stack([_vec(problem, seed) for seed in range(4)], dim=1)
+    calls = []
+    traced = op._apply
+    monkeypatch.setattr(op, "_apply", lambda v: calls.append(1) or traced(v))
+    got = op.matmat(vs)
+    assert op.batchable == ("loop" not in name)
+    assert len(calls) == (1 if op.batchable else 4)
+    assert op.products == {"H": {"hessian": 4}, "Σ": {"sigma": 4}, "T": {"theorem1": 4, "hessian": 8, "sigma": 4}}[name[0]]
+    columns = torch.stack([op.matvec(col) for col in vs.T], dim=1)
+    torch.testing.assert_close(got, columns, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(got, dense @ vs, rtol=RTOL, atol=1e-10)
+
+
 def test_unequal_chunks_are_weighted_per_sample():
     """Pitfall 2: a last chunk smaller than the others must not be over-weighted."""
     problem = make_problem("mlp-tanh", "mse", n=7)

@@ -1,19 +1,23 @@
 """Matrix-free curvature operators of a :class:`~stabcheck.curvature.problem.Problem`.
 
 Every operator acts on flat parameter-space vectors (torch, length ``problem.dim``, in the
-problem's ``dtype`` on its ``device``) with ``matvec``/``@`` and on columns with ``matmat``, counts
-every product it makes (``products``: its own and those of the operators it is built from), and
-converts to a ``scipy.sparse.linalg.LinearOperator`` with :meth:`~CurvatureOperator.to_scipy`.
-A Σ product counts once; the per-sample and centring products inside it are its engine's.
+problem's ``dtype`` on its ``device``) with ``matvec``/``@`` and on columns with ``matmat`` (the
+columns batched by ``torch.func.vmap``), counts every product it makes (``products``: its own and
+those of the operators it is built from; a column counts as one product), and converts to a
+``scipy.sparse.linalg.LinearOperator`` with :meth:`~CurvatureOperator.to_scipy`. A Σ product
+counts once; the per-sample and centring products inside it are its engine's.
 """
 from __future__ import annotations
 
+import warnings
 from collections import Counter
+from typing import Iterator
 
 import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator
 from torch import Tensor
+from torch.func import vmap
 
 from . import products
 from .bounds import noise_factor
@@ -51,6 +55,20 @@ class CurvatureOperator:
         """The operators whose products this one makes (none for a primitive operator)."""
         return ()
 
+    def _tree(self) -> Iterator[CurvatureOperator]:
+        yield self
+        for part in self._parts():
+            yield from part._tree()
+
+    @property
+    def batchable(self) -> bool:
+        """Whether ``torch.func.vmap`` can trace the product, so that :meth:`matmat` batches its columns.
+
+        Not for a sharded problem: its products end in an all-reduce across processes, which vmap
+        cannot batch.
+        """
+        return type(self.problem).all_sum is Problem.all_sum and all(part.batchable for part in self._parts())
+
     @property
     def products(self) -> dict[str, int]:
         """Products made so far, by operator name: this operator's and, through it, its parts'."""
@@ -64,10 +82,7 @@ class CurvatureOperator:
         self.matvecs += 1
         return self._apply(v)
 
-    def matvec(self, v: Tensor) -> Tensor:
-        p = self.problem
-        v = v.to(p.device, p.dtype)
-        out = p.flatten(self.apply(p.unflatten(v))).detach()
+    def _checked(self, out: Tensor) -> Tensor:
         if not bool(torch.isfinite(out).all()):  # else the eigensolver fails later with an unrelated message
             symbol = _SYMBOLS.get(self.name, self.name)
             raise CurvatureError(
@@ -78,14 +93,35 @@ class CurvatureOperator:
             )
         return out
 
+    def matvec(self, v: Tensor) -> Tensor:
+        p = self.problem
+        v = v.to(p.device, p.dtype)
+        return self._checked(p.flatten(self.apply(p.unflatten(v))).detach())
+
     def __matmul__(self, v: Tensor) -> Tensor:
         return self.matmat(v) if v.dim() == 2 else self.matvec(v)
 
     def matmat(self, vs: Tensor) -> Tensor:
-        """A V for a (d, k) tensor of columns, one counted product per column."""
-        if vs.dim() != 2 or vs.shape[0] != self.problem.dim:
-            raise ValueError(f"matmat needs a (d, k) tensor with d = {self.problem.dim}, got shape {tuple(vs.shape)}")
-        return torch.stack([self.matvec(col) for col in vs.T], dim=1)
+        """A V for a (d, k) tensor of columns, one counted product per column.
+
+        The columns go through one product batched by ``torch.func.vmap`` where :attr:`batchable`,
+        else through one :meth:`matvec` each.
+        """
+        p = self.problem
+        if vs.dim() != 2 or vs.shape[0] != p.dim:
+            raise ValueError(f"matmat needs a (d, k) tensor with d = {p.dim}, got shape {tuple(vs.shape)}")
+        if not self.batchable:
+            return torch.stack([self.matvec(col) for col in vs.T], dim=1)
+        operators = list(self._tree())
+        before = [op.matvecs for op in operators]
+        with warnings.catch_warnings():
+            # vmap runs the products' in-place updates (addmm_, addcmul_, ...) column by column, correctly;
+            # it warns of the lost speed, which is no news to the caller.
+            warnings.filterwarnings("ignore", "There is a performance drop because we have not yet implemented")
+            out = vmap(lambda v: p.flatten(self.apply(p.unflatten(v))), in_dims=1, out_dims=1)(vs.to(p.device, p.dtype))
+        for op, count in zip(operators, before):  # the traced product ran once for all k columns
+            op.matvecs = count + (op.matvecs - count) * vs.shape[1]
+        return self._checked(out.detach())
 
     def to_scipy(self, dtype=np.float64) -> LinearOperator:
         """The operator as a scipy LinearOperator on numpy arrays of ``dtype``.
@@ -161,6 +197,10 @@ class SigmaOperator(CurvatureOperator):
         self._engine = resolve_engine(problem, engine)
         self.engine = self._engine.name
         self.centred = centred
+
+    @property
+    def batchable(self) -> bool:
+        return super().batchable and self._engine.batchable
 
     def _apply(self, v: Params) -> Params:
         return self._engine(self.problem, v, self.centred)

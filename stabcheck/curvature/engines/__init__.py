@@ -29,7 +29,7 @@ class SigmaEngine:
     ``supports`` raises only on a bug (never for a model it cannot handle), so ``auto`` moves on to the
     next engine for an unsupported model only and never hides a failure. ``options`` is the engine's
     frozen options object (its memory limits), passed to ``apply`` after (problem, v, centred); None
-    for an engine without options.
+    for an engine without options. ``batchable``: ``torch.func.vmap`` can batch ``apply`` over v.
     """
 
     name: str
@@ -38,6 +38,7 @@ class SigmaEngine:
     auto: bool = True      # eligible for engine="auto"
     summary: str = ""
     options: Any = None
+    batchable: bool = True
 
     def __call__(self, problem: Problem, v: Params, centred: bool = True) -> Params:
         if self.options is None:
@@ -63,7 +64,9 @@ SIGMA_ENGINES: dict[str, SigmaEngine] = {e.name: e for e in (
                 summary="exact per-sample factors in two batched passes; Sequential Linear/Conv2d nets"),
     SigmaEngine("vmap", sigma_vmap, options=VmapOptions(),
                 summary="per-sample HVPs batched by torch.func.vmap; any model"),
-    SigmaEngine("loop", sigma_loop, auto=False, summary="the paper's per-sample double back-propagation"),
+    # vmap cannot trace the loop's torch.autograd.grad calls on graphs of requires_grad leaves.
+    SigmaEngine("loop", sigma_loop, auto=False, batchable=False,
+                summary="the paper's per-sample double back-propagation"),
 )}
 
 

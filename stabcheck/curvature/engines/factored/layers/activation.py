@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import vjp
 
 from .base import LayerRule
 
@@ -29,6 +30,13 @@ def _out_of_place(module: nn.Module) -> nn.Module:
         module = copy.copy(module)
         module.inplace = False
     return module
+
+
+def _slope_and_value(module: nn.Module, a: Tensor) -> tuple[Tensor, Tensor]:
+    """(σ'(a), σ(a)): σ is element-wise, so the pullback of ones is σ'(a). torch.func rather than
+    autograd, so that products made of these rules can be batched with torch.func.vmap."""
+    y, pullback = vjp(module, a)
+    return pullback(torch.ones_like(y))[0], y
 
 
 def _tangent(a_tangent: Optional[Tensor], slope: Tensor) -> Optional[Tensor]:
@@ -52,13 +60,8 @@ class PiecewiseLinearRule(LayerRule[PiecewiseLinearState]):
         if type(self.module) is nn.ReLU:  # σ' = 1[a > 0], autograd's convention at 0
             slope = (a > 0).to(a.dtype)  # a float mask: multiplying by a bool tensor is several times slower
             return PiecewiseLinearState(slope), F.relu(a), _tangent(a_tangent, slope)
-        # Element-wise, so the gradient of Σσ(a) is σ'(a).
-        with torch.enable_grad():
-            x = a.detach().requires_grad_(True)
-            y = self.module(x)
-            (slope,) = torch.autograd.grad(y.sum(), x)
-        st = PiecewiseLinearState(slope.detach())
-        return st, y.detach(), _tangent(a_tangent, st.slope)
+        slope, y = _slope_and_value(self.module, a)
+        return PiecewiseLinearState(slope), y, _tangent(a_tangent, slope)
 
     def backward1(self, st, ctx, delta, delta_tangent, need_input):
         return delta * st.slope, delta_tangent * st.slope
@@ -88,14 +91,10 @@ class SmoothActivationRule(LayerRule[SmoothActivationState]):
         self.module = _out_of_place(module)
 
     def forward1(self, ctx, a, a_tangent):
-        # Element-wise, so the gradient of Σσ(a) is σ'(a) and that of Σσ'(a) is σ''(a).
-        with torch.enable_grad():
-            x = a.detach().requires_grad_(True)
-            y = self.module(x)
-            (slope,) = torch.autograd.grad(y.sum(), x, create_graph=True)
-            curvature = torch.autograd.grad(slope.sum(), x)[0]
-        st = SmoothActivationState(slope.detach(), curvature, a_tangent)
-        return st, y.detach(), _tangent(a_tangent, st.slope)
+        # σ' is element-wise too, so its pullback of ones is σ''(a).
+        slope, pullback, y = vjp(lambda x: _slope_and_value(self.module, x), a, has_aux=True)
+        (curvature,) = pullback(torch.ones_like(slope))
+        return SmoothActivationState(slope, curvature, a_tangent), y, _tangent(a_tangent, slope)
 
     def backward1(self, st, ctx, delta, delta_tangent, need_input):
         delta_in_tangent = delta_tangent * st.slope

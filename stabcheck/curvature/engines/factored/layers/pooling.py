@@ -34,7 +34,8 @@ class MaxPool2dRule(LayerRule[MaxPoolState]):
 
     @staticmethod
     def _scatter(st: MaxPoolState, delta: Tensor) -> Tensor:
-        return torch.zeros(st.in_shape, dtype=delta.dtype, device=delta.device).flatten(2).scatter_add_(
+        # Out of place: under torch.func.vmap, delta may be batched where the zeros are not.
+        return torch.zeros(st.in_shape, dtype=delta.dtype, device=delta.device).flatten(2).scatter_add(
             2, st.argmax.flatten(2), delta.flatten(2)).view(st.in_shape)
 
     def forward1(self, ctx, a, a_tangent):
