@@ -6,10 +6,16 @@ their n = 4000 cost as 4 × the n = 1000 time, labelled as extrapolated. Peak me
 vmap is measured at n = 100 (it does not grow with n: both hold one sample's graph or one
 32-sample vmap chunk beside the chunked H v).
 """
-import pytest
+from functools import lru_cache
 
+import pytest
+import torch
+
+from stabcheck import Problem
 from stabcheck.curvature.engines import SIGMA_ENGINES, factored
 from stabcheck.curvature.products import hvp
+from stabcheck.experiments.data import load_fashion_mnist, one_hot
+from stabcheck.experiments.models import FNN
 
 from .support import MODELS, RESULTS, SIZES, peak_bytes, problem, tangent
 
@@ -77,3 +83,29 @@ def test_hv_of_factored_pass1(benchmark, model, op):
     benchmark.group = f"hv-{model}-n1000"
     benchmark.pedantic(lambda: HV_PRODUCTS[op](prob, v), rounds=5, iterations=1, warmup_rounds=1)
     benchmark.extra_info.update({"model": model, "n": 1000, "op": op, "median_s": benchmark.stats.stats.median})
+
+
+SIGMA_PER_HV = {"hv": hvp, "factored-hv": factored.hvp,
+                "factored-sigma": lambda prob, v: factored.sigma_factored(prob, v, True)}
+
+
+@lru_cache(maxsize=1)
+def _small_fnn() -> Problem:
+    """The small profile's FNN 784-50-50-10 on the first 100 FashionMNIST training images, random weights (seed 0)."""
+    torch.manual_seed(0)
+    data = load_fashion_mnist(100, with_test=False)
+    return Problem(FNN(widths=(50, 50)).eval(), data.inputs, one_hot(data.labels, 10), loss="mse")
+
+
+@pytest.mark.parametrize("op", SIGMA_PER_HV)
+@pytest.mark.parametrize("size", ["small", "paper"])
+def test_sigma_per_hv_of_the_fnn(benchmark, size, op):
+    """The factored Σv beside the engine's own H v (pass 1 alone) and the autodiff H v, on the small profile's
+    FNN (n = 100) and the paper's (n = 1000). Read the ratios of the medians within a group."""
+    prob = _small_fnn() if size == "small" else problem("fnn", 1000)
+    v = tangent(prob)
+    assert factored.supports(prob)  # also runs the one-off probe outside the timing
+    benchmark.group = f"sigma-per-hv-fnn-{size}"
+    rounds = 50 if size == "small" else 5
+    benchmark.pedantic(lambda: SIGMA_PER_HV[op](prob, v), rounds=rounds, iterations=1, warmup_rounds=1)
+    benchmark.extra_info.update({"model": f"fnn-{size}", "n": prob.n, "op": op, "median_s": benchmark.stats.stats.median})

@@ -153,7 +153,7 @@ class HessianOperator(CurvatureOperator):
 
     ``hvp`` picks how H v is computed: "autodiff" (forward-over-reverse,
     :func:`~stabcheck.curvature.products.hvp`), "factored" (pass 1 of the factored Σ engine,
-    :func:`~stabcheck.curvature.engines.factored.hvp`, about 1.5× cheaper; only for the models
+    :func:`~stabcheck.curvature.engines.factored.hvp`, cheaper, as ``benchmarks/README.md`` measures; only for the models
     :func:`~stabcheck.curvature.engines.factored.supports` accepts) or "auto" (factored where
     supported, else autodiff). Both give the same product. ``.hvp`` names the one that runs.
 

@@ -11,7 +11,9 @@ per sample for Linear layers:
 * pass 2 applies each H_i to its own tangent w_i through a few per-sample dot products of those
   records instead of n parameter-sized vectors.
 
-About 1.75 H v products per Σv for the paper's FNN (pass 1: one H v; pass 2: three quarters of one).
+A Σv costs pass 1, which is all that the engine's own H v (:func:`hvp`) runs, plus pass 2, which
+costs about as much again: about two of its own H v products, where the per-sample engines need 2n
+per-sample ones. Measured ratios: ``benchmarks/README.md``, "Σv per H v of the factored engine".
 
 The package in three steps, imports running one way: :mod:`.layers` (the :class:`LayerRule`
 interface and one module per layer kind, with the per-layer math), :mod:`.passes` (the two passes
