@@ -16,7 +16,7 @@ import stabcheck
 from claims import crosscheck
 from claims.measured import require_minimum
 from claims.suite import case_id
-from stabcheck.curvature.exact import sample_hessians
+from stabcheck.curvature.exact import dense_sigma, sample_hessians
 from stabcheck.curvature.operators import HessianOperator, SigmaOperator
 from stabcheck.curvature.threads import measurement_threads
 from stabcheck.experiments.toys import AppendixBToy, OneDimensionalExample, QuadraticToy
@@ -40,9 +40,7 @@ QUANTITIES = {  # name: (stabcheck measurement, its eigenvalue's dense ground tr
 
 def dense_truth(problem):
     hessians = sample_hessians(problem)
-    h = hessians.mean(0)
-    centred = hessians - h
-    return h, (centred @ centred).mean(0)
+    return hessians.mean(0), dense_sigma(hessians)
 
 
 def power_runs(measure, problem, seed):

@@ -7,7 +7,6 @@ import torch
 from stabcheck.curvature import exact
 from stabcheck.experiments.toys import AppendixBToy, QuadraticToy
 
-from .tiny import dense_sigma
 
 ATOL = 1e-12
 
@@ -24,7 +23,7 @@ def random_symmetric(n, d, seed):
 def dense_theorem1(h, lr, p):
     """(I − ηH)² + η² p Σ from dense per-sample Hessians."""
     a = torch.eye(h.shape[1], dtype=h.dtype) - lr * h.mean(0)
-    return a @ a + lr * lr * p * dense_sigma(h)
+    return a @ a + lr * lr * p * exact.dense_sigma(h)
 
 
 @pytest.mark.parametrize("n,batch_size,replace", [

@@ -6,6 +6,9 @@ from torch import nn
 from torch.func import hessian
 
 from stabcheck import Problem
+from stabcheck.curvature.exact import dense_sigma
+
+__all__ = ["MODELS", "N_SAMPLES", "dense_curvature", "dense_sample_hessians", "dense_sigma", "make_problem"]
 
 N_SAMPLES = 6
 
@@ -43,16 +46,6 @@ def dense_sample_hessians(problem: Problem) -> torch.Tensor:
         hessian(lambda f: problem.single_loss(problem.unflatten(f), problem.inputs[i], problem.targets[i]))(flat)
         for i in range(problem.n)
     ])
-
-
-def dense_sigma(hessians: torch.Tensor) -> torch.Tensor:
-    """Σ = (1/n) Σ_i (H_i − H)² from the stacked (n, d, d) per-sample Hessians H_i.
-
-    >>> dense_sigma(torch.tensor([[[1.0]], [[3.0]]]))
-    tensor([[1.]])
-    """
-    centred = hessians - hessians.mean(0)
-    return (centred @ centred).mean(0)
 
 
 def dense_curvature(problem: Problem) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -60,6 +60,18 @@ def sample_hessians(problem: Problem) -> Tensor:
     return vmap(one, chunk_size=problem.chunk_size)(problem.inputs, problem.targets).to(torch.float64)
 
 
+def dense_sigma(hessians: Tensor) -> Tensor:
+    """Σ = (1/n) Σ_i (H_i − H)² from the stacked (n, d, d) per-sample Hessians H_i, H their mean.
+
+    The dense ground truth of the Σ operators (any d: the stack is not checked here).
+
+    >>> dense_sigma(torch.tensor([[[1.0]], [[3.0]]]))
+    tensor([[1.]])
+    """
+    centred = hessians - hessians.mean(0)
+    return (centred @ centred).mean(0)
+
+
 def check_hessians(hessians: Tensor, psd: bool = False) -> Tensor:
     """Validate an (n, d, d) stack of symmetric matrices and return it in float64."""
     if not isinstance(hessians, Tensor) or hessians.ndim != 3 or hessians.shape[1] != hessians.shape[2]:
@@ -233,9 +245,7 @@ def theorem1_threshold(hessians: Tensor, batch_size: int) -> float:
     h = check_hessians(hessians, psd=True)
     n = h.shape[0]
     mean = h.mean(0)
-    centred = h - mean
-    sigma = (centred @ centred).mean(0)
-    return 2.0 * _generalised_threshold(mean, mean @ mean + noise_factor(n, batch_size) * sigma)
+    return 2.0 * _generalised_threshold(mean, mean @ mean + noise_factor(n, batch_size) * dense_sigma(h))
 
 
 def _generalised_threshold(k: Tensor, q: Tensor) -> float:
