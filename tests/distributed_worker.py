@@ -19,6 +19,7 @@ import torch
 from stabcheck import non_uniformity, sharpness, theorem1
 from stabcheck.curvature import distributed, products
 from stabcheck.curvature.engines import SIGMA_ENGINES, factored
+from stabcheck.curvature.operators import Theorem1Operator
 from stabcheck.curvature.problem import Problem
 
 from .tiny import make_problem
@@ -47,7 +48,8 @@ def tiny_problem() -> Problem:
 
 def measure_all(problem: Problem) -> dict:
     """Every sum over samples the library makes, on ``problem`` (sharded or not): loss, H v by both paths, Σv by
-    every engine centred and uncentred at a fixed v, and, by Lanczos, a, s and the Theorem-1 value."""
+    every engine centred and uncentred at a fixed v, T on three columns, and, by Lanczos, a, s and the
+    Theorem-1 value."""
     gen = torch.Generator().manual_seed(11)
     v = problem.unflatten(torch.randn(problem.dim, generator=gen, dtype=torch.float64))
     out: dict = {"loss": problem.loss_value(),
@@ -56,6 +58,9 @@ def measure_all(problem: Problem) -> dict:
     for name, engine in SIGMA_ENGINES.items():
         for centred in (True, False):
             out[f"sigma_v_{name}_{'centred' if centred else 'uncentred'}"] = problem.flatten(engine(problem, v, centred))
+    # Columns batched by vmap in one process; sharded, one all-reduced product per column.
+    out["theorem1_matmat"] = Theorem1Operator(problem, LR, BATCH).matmat(
+        torch.randn(problem.dim, 3, generator=gen, dtype=torch.float64))
     a = sharpness(problem, tol=TOL, maxiter=problem.dim)
     out["sharpness"] = a.value
     for name in SOLVED_ENGINES:

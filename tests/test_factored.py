@@ -92,7 +92,7 @@ def test_engine_options_are_checked():
         SIGMA_ENGINES["factored"].with_options(hold_records_bytes=-1)
     with pytest.raises(ValueError, match="samples_per_call must be at least 1"):
         SIGMA_ENGINES["vmap"].with_options(samples_per_call=0)
-    with pytest.raises(stabcheck.ProblemError, match="'loop' Σ engine has no option samples_per_call"):
+    with pytest.raises(stabcheck.ProblemError, match="'loop' Σ engine has no options"):
         SIGMA_ENGINES["loop"].with_options(samples_per_call=4)
     assert SIGMA_ENGINES["factored"].options == factored.FactoredOptions()  # the registry is left alone
 

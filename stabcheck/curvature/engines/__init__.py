@@ -3,8 +3,8 @@
 Every engine maps (problem, v, centred) to Σ v as a parameter dict; all give the same matrix.
 ``engine="auto"`` takes the first engine of :data:`SIGMA_ENGINES` marked ``auto`` that supports
 the problem. An engine's memory limits are its options (:meth:`SigmaEngine.with_options`); a
-configured engine is accepted wherever an engine name is. Every engine also works in the sample
-chunks of ``Problem.chunk_size``.
+configured engine is accepted wherever an engine name is. No engine batches more than
+``Problem.chunk_size`` samples at once.
 """
 from __future__ import annotations
 
@@ -51,7 +51,9 @@ class SigmaEngine:
         >>> SIGMA_ENGINES["factored"].with_options(hold_records_bytes=0).options
         FactoredOptions(hold_records_bytes=0)
         """
-        names = [f.name for f in fields(self.options)] if self.options is not None else []
+        if self.options is None:
+            raise ProblemError(f"the {self.name!r} Σ engine has no options")
+        names = [f.name for f in fields(self.options)]
         unknown = sorted(set(changes) - set(names))
         if unknown:
             raise ProblemError(f"the {self.name!r} Σ engine has no option {', '.join(unknown)}; its options: {names}")
