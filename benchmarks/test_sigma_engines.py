@@ -108,4 +108,5 @@ def test_sigma_per_hv_of_the_fnn(benchmark, size, op):
     benchmark.group = f"sigma-per-hv-fnn-{size}"
     rounds = 50 if size == "small" else 5
     benchmark.pedantic(lambda: SIGMA_PER_HV[op](prob, v), rounds=rounds, iterations=1, warmup_rounds=1)
-    benchmark.extra_info.update({"model": f"fnn-{size}", "n": prob.n, "op": op, "median_s": benchmark.stats.stats.median})
+    benchmark.extra_info.update({"model": f"fnn-{size}", "n": prob.n, "op": op,
+                                 "median_s": benchmark.stats.stats.median})

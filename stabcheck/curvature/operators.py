@@ -153,9 +153,10 @@ class HessianOperator(CurvatureOperator):
 
     ``hvp`` picks how H v is computed: "autodiff" (forward-over-reverse,
     :func:`~stabcheck.curvature.products.hvp`), "factored" (pass 1 of the factored Σ engine,
-    :func:`~stabcheck.curvature.engines.factored.hvp`, cheaper, as ``benchmarks/README.md`` measures; only for the models
-    :func:`~stabcheck.curvature.engines.factored.supports` accepts) or "auto" (factored where
-    supported, else autodiff). Both give the same product. ``.hvp`` names the one that runs.
+    :func:`~stabcheck.curvature.engines.factored.hvp`, cheaper, as ``benchmarks/README.md``
+    measures; only for the models :func:`~stabcheck.curvature.engines.factored.supports` accepts)
+    or "auto" (factored where supported, else autodiff). Both give the same product. ``.hvp``
+    names the one that runs.
 
     >>> net = torch.nn.Linear(2, 1)
     >>> p = Problem(net, torch.randn(4, 2), torch.randn(4, 1), loss="half_sq", dtype=torch.float64)
@@ -218,8 +219,8 @@ class Theorem1Operator(CurvatureOperator):
 
     name = "theorem1"
 
-    def __init__(self, problem: Problem, lr: float, batch_size: int, engine: str | SigmaEngine = "auto", excess: bool = False,
-                 hvp: str = "auto"):
+    def __init__(self, problem: Problem, lr: float, batch_size: int, engine: str | SigmaEngine = "auto",
+                 excess: bool = False, hvp: str = "auto"):
         super().__init__(problem)
         self.lr = float(lr)
         self.batch_size = int(batch_size)

@@ -51,8 +51,8 @@ from .layers import PIECEWISE_LINEAR, SMOOTH, LayerRule, Pass2Context, Unsupport
 from .passes import Records, hv_sum, pass1, pass2, records_bytes
 from .plan import plan_for, supports, unsupported_reason
 
-__all__ = ["PIECEWISE_LINEAR", "SMOOTH", "FactoredOptions", "LayerRule", "UnsupportedModel", "hvp", "sigma_factored", "supports",
-           "unsupported_reason"]
+__all__ = ["PIECEWISE_LINEAR", "SMOOTH", "FactoredOptions", "LayerRule", "UnsupportedModel", "hvp", "sigma_factored",
+           "supports", "unsupported_reason"]
 
 
 @dataclass(frozen=True)

@@ -131,7 +131,8 @@ class Conv2dRule(WeightRule, LayerRule[Conv2dState]):
             add_into(ctx.hv, self.b, delta_tangent.sum((0, 2, 3)))
         if not need_input:
             return None, None
-        delta_in_tangent = self._input_grad(a.shape, W, delta_tangent).add_(self._input_grad(a.shape, ctx.v[self.w], delta))
+        delta_in_tangent = self._input_grad(a.shape, W, delta_tangent)
+        delta_in_tangent.add_(self._input_grad(a.shape, ctx.v[self.w], delta))
         return self._input_grad(a.shape, W, delta), delta_in_tangent
 
     def _factors(self, st: Conv2dState, delta: Tensor, delta_tangent: Tensor) -> Conv2dGram | Conv2dTangents:
