@@ -185,6 +185,9 @@ UNSUPPORTED = {
     "overridden Sequential.forward": (lambda: _Doubled(nn.Linear(4, 3)), (6, 4), "overrides Sequential.forward"),
     "layer norm": (lambda: nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3)), (6, 4), "LayerNorm"),
     "linear on sequences": (lambda: nn.Sequential(nn.Linear(4, 3), nn.Flatten()), (6, 2, 4), "(batch, features)"),
+    "max pooling of 3-d inputs": (
+        lambda: nn.Sequential(nn.Flatten(), nn.Linear(16, 16), nn.Unflatten(1, (4, 4)), nn.MaxPool2d(2), nn.Flatten(),
+                              nn.Linear(4, 2)), (6, 4, 4), "'3' (max pooling) gets inputs of shape (2, 4, 4)"),
 }
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import LayerRule
+from .base import LayerRule, UnsupportedModel, module_label
 
 
 @dataclass
@@ -22,6 +22,7 @@ class MaxPool2dRule(LayerRule[MaxPoolState]):
     keys = ()
 
     def __init__(self, module: nn.Module, prefix: str):
+        self.label = module_label(prefix)
         if isinstance(module, nn.AdaptiveMaxPool2d):
             self.pool = lambda x: F.adaptive_max_pool2d(x, module.output_size, return_indices=True)
         else:
@@ -39,6 +40,9 @@ class MaxPool2dRule(LayerRule[MaxPoolState]):
             2, st.argmax.flatten(2), delta.flatten(2)).view(st.in_shape)
 
     def forward1(self, ctx, a, a_tangent):
+        if a.ndim != 4:  # the gather and scatter index the positions of each (sample, channel) plane
+            raise UnsupportedModel(f"module {self.label!r} (max pooling) gets inputs of shape {tuple(a.shape)}; "
+                                   "(batch, C, H, W) needed")
         out, argmax = self.pool(a)
         st = MaxPoolState(argmax, a.shape)
         return st, out, (None if a_tangent is None else self._gather(st, a_tangent))
