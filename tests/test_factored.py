@@ -90,7 +90,7 @@ def test_engine_options_are_checked():
         SIGMA_ENGINES["factored"].with_options(hold_bytes=0)
     with pytest.raises(stabcheck.ProblemError, match="hold_records_bytes must be a whole number of bytes ≥ 0, got -1"):
         SIGMA_ENGINES["factored"].with_options(hold_records_bytes=-1)
-    with pytest.raises(ValueError, match="samples_per_call must be at least 1"):
+    with pytest.raises(stabcheck.ProblemError, match="samples_per_call must be a whole number of samples ≥ 1, got 0"):
         SIGMA_ENGINES["vmap"].with_options(samples_per_call=0)
     with pytest.raises(stabcheck.ProblemError, match="'loop' Σ engine has no options"):
         SIGMA_ENGINES["loop"].with_options(samples_per_call=4)

@@ -118,7 +118,8 @@ class CurvatureOperator:
             # vmap runs the products' in-place updates (addmm_, addcmul_, ...) column by column, correctly;
             # it warns of the lost speed, which is no news to the caller.
             warnings.filterwarnings("ignore", "There is a performance drop because we have not yet implemented")
-            out = vmap(lambda v: p.flatten(self.apply(p.unflatten(v))), in_dims=1, out_dims=1)(vs.to(p.device, p.dtype))
+            product = vmap(lambda v: p.flatten(self.apply(p.unflatten(v))), in_dims=1, out_dims=1)
+            out = product(vs.to(p.device, p.dtype))
         for op, count in zip(operators, before):  # the traced product ran once for all k columns
             op.matvecs = count + (op.matvecs - count) * vs.shape[1]
         return self._checked(out.detach())

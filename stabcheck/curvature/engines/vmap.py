@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Integral
 
 from torch.func import vmap
 
-from ..bounds import check_count
-
-from ..problem import Params, Problem
+from ..problem import Params, Problem, ProblemError
 from ..products import axpy, hvp, sample_hvp
 from .centring import finish_sigma
 
@@ -20,7 +19,9 @@ class VmapOptions:
     samples_per_call: int = 32
 
     def __post_init__(self) -> None:
-        check_count("samples_per_call", self.samples_per_call)
+        value = self.samples_per_call
+        if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+            raise ProblemError(f"samples_per_call must be a whole number of samples ≥ 1, got {value!r}")
 
 
 def sigma_vmap(problem: Problem, v: Params, centred: bool, options: VmapOptions = VmapOptions()) -> Params:

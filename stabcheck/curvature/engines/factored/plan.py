@@ -98,7 +98,7 @@ def unsupported_reason(problem: Problem) -> str | None:
             _PLANS[problem] = plan
         except UnsupportedModel as exc:
             # Only the engine's own verdict is cached and makes ``auto`` move on; any other error is
-            # a bug in a rule and propagates, so it is seen instead of costing ~40× the products.
+            # a bug in a rule and propagates, to be seen rather than hidden behind a costlier engine.
             _PLANS[problem] = str(exc)
     entry = _PLANS[problem]
     return entry if isinstance(entry, str) else None
