@@ -18,6 +18,7 @@ from stabcheck.reporting.report import render_markdown, summarise
 pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parent.parent
+XDIST_ENV = ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID")
 
 
 @pytest.mark.parametrize("name", ["small", "paper"], ids=["small-profile", "paper-profile"])
@@ -108,12 +109,17 @@ def test_summary_verdicts_and_markdown_order():
 
 
 def _inner_run(pytester, monkeypatch, test_source: str, *args):
-    """An inner pytest run with the project's own root conftest (options and claims plugins)."""
+    """An inner pytest run with the project's own root conftest (options and claims plugins), the same
+    however the outer run was started: an outer ``-n`` worker's environment would switch pytest-benchmark
+    off in the inner run, so it is removed, and xdist loads only where ``args`` ask for workers."""
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    for name in XDIST_ENV:
+        monkeypatch.delenv(name, raising=False)
     pytester.makeconftest((ROOT / "conftest.py").read_text())
     pytester.makepyfile(test_inner=test_source)
     report = pytester.path / "report"
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--report-dir", str(report), *args)
+    plugins = () if "-n" in args else ("-p", "no:xdist")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *plugins, "--report-dir", str(report), *args)
     return result, report
 
 
@@ -150,6 +156,39 @@ def test_interrupted_serial_run_still_writes_its_report(pytester, monkeypatch):
     assert {c["test"].split("::")[1]: c["outcome"] for c in data["cases"]} == \
         {"test_done": "passed", "test_interrupted": "not run", "test_never_reached": "not run"}
     assert [(s["claim"], s["verdict"]) for s in data["summary"]] == [("C1", "partial"), ("C2", "not run")]
+
+
+PARALLEL = '''
+import pytest
+
+@pytest.mark.claim("C1")
+@pytest.mark.parametrize("x", [1, 2, 3, 4])
+def test_recorded(claim, x):
+    claim.measure(lambda: x)
+    claim.record(measured={"x": x}, expected={"x": x})
+'''
+
+
+def test_parallel_run_reports_every_case_of_every_worker(pytester, monkeypatch):
+    """The README's ``-n`` path: two workers, every row reaches the controller's report, and no
+    benchmark.json is written (pytest-benchmark is off under xdist)."""
+    result, report = _inner_run(pytester, monkeypatch, PARALLEL, "-n", "2")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    data = json.loads((report / "claims.json").read_text())
+    assert sorted(r["measured"]["x"] for r in data["rows"]) == [1, 2, 3, 4]
+    assert {c["outcome"] for c in data["cases"]} == {"passed"} and len(data["cases"]) == 4
+    assert not (report / "benchmark.json").exists()
+
+
+def test_harness_tests_pass_under_xdist():
+    """The harness tests that start inner runs pass when the outer run has workers too (an outer worker's
+    environment once switched pytest-benchmark off inside them)."""
+    env = {k: v for k, v in os.environ.items() if k not in XDIST_ENV}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-n", "2",
+                             f"{Path(__file__).relative_to(ROOT)}", "-k", "interrupted_serial or budget_interrupts"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "2 passed" in result.stdout, result.stdout[-3000:]
 
 
 BUDGET = '''
@@ -241,7 +280,8 @@ def test_paper_numbers_are_asserted_where_the_profile_has_them(tmp_path, pytestc
                  if s["claim"] == "C6")
     ours = {None if h["what"].endswith("=n") else int(h["what"].rpartition("=")[2]): tuple(h["ours"]) for h in heads}
     (tmp_path / "paper_numbers.py").write_text(PAPER_NUMBERS_PLUGIN.format(scale=scale, ours=ours))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    env = {**{k: v for k, v in os.environ.items() if k not in XDIST_ENV},
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
     result = subprocess.run([sys.executable, "-m", "pytest", "-p", "paper_numbers", "-p", "no:cacheprovider", "-q",
                              "claims/test_c06_batch_size.py", "--report-dir", str(tmp_path / "report"),
                              "--cache-dir", pytestconfig.getoption("--cache-dir")],
