@@ -23,6 +23,7 @@ import stabcheck
 from claims.options import suite_options
 from claims.schedule import claim_of, schedule_of
 from stabcheck.reporting.report import summarise, summary_line, write_atomic, write_report
+from stabcheck.reporting.rows import ClaimRow, encode_numbers, measured_with_kinds
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,33 +50,29 @@ class ClaimRecorder:
         self.timings[name] = round(time.perf_counter() - start, 4)
         return result
 
-    def record(self, *, measured: dict, expected: dict, seed: int | None = None, dtype: str | None = None,
-               note: str = "", **extra):
+    def record(self, *, measured: dict, expected: dict, kinds: dict | None = None, tag: str = "",
+               seed: int | None = None, dtype: str | None = None, note: str = "", **extra):
         """One report row: what we measured beside what the paper says (a value, bound or expectation).
 
-        ``extra`` fields are kept as given, e.g. ``minimum``/``minima`` (measured minima, for the
-        figures) or ``headline`` (the claim's headline figures beside the paper's, for the summary).
+        Every number of ``measured`` carries its kind (:class:`stabcheck.reporting.rows.Kind`): given as
+        ``Kind.SHARPNESS(a)``, or named in ``kinds`` (for entries built elsewhere); strings and booleans
+        are verdicts. ``tag`` names what the row is for the figures that draw it. ``extra`` fields are
+        kept as given, e.g. ``minimum``/``minima`` (measured minima, for the figures) or ``headline``
+        (the claim's headline figures beside the paper's, for the summary).
         """
         options = suite_options(self._request.config)
         callspec = getattr(self._request.node, "callspec", None)
-        row = {
-            "claim": self.claim_id,
-            "test": self._request.node.nodeid,
-            "case": callspec.id if callspec else "",
-            "params": {k: _jsonable(v) for k, v in (callspec.params.items() if callspec else [])},
-            "measured": {k: _jsonable(v) for k, v in measured.items()},
-            "expected": {k: _jsonable(v) for k, v in expected.items()},
-            "seed": options.seed if seed is None else seed,
-            "dtype": dtype,
-            "scale": options.scale,
-            "device": options.device,
-            "timings_s": dict(self.timings),
-            "versions": {"stabcheck": stabcheck.__version__, "torch": str(torch.__version__)},
-            "note": note,
-            **{k: _jsonable(v) for k, v in extra.items()},
-        }
+        values, value_kinds = measured_with_kinds(measured, kinds)
+        row = ClaimRow(
+            claim=self.claim_id, test=self._request.node.nodeid, outcome="", case=callspec.id if callspec else "",
+            measured=_jsonable(values), kinds=value_kinds, tag=tag,
+            extra={"params": {k: _jsonable(v) for k, v in (callspec.params.items() if callspec else [])},
+                   "expected": _jsonable(expected), "seed": options.seed if seed is None else seed, "dtype": dtype,
+                   "scale": options.scale, "device": options.device, "timings_s": dict(self.timings),
+                   "versions": {"stabcheck": stabcheck.__version__, "torch": str(torch.__version__)}, "note": note,
+                   **_jsonable(extra)})
         # As JSON text: execnet (xdist) only ships plain builtins.
-        self._request.node.user_properties.append(("claim_row", json.dumps(row)))
+        self._request.node.user_properties.append(("claim_row", json.dumps(row.as_json(), allow_nan=False)))
 
 
 def _jsonable(v):
@@ -216,7 +213,9 @@ def _write_benchmark_json(config, folder: Path) -> None:
     output = config.hook.pytest_benchmark_generate_json(
         config=config, benchmarks=benchmarks, include_data=False,
         machine_info=session.get_machine_info(), commit_info={})
-    write_atomic(folder / "benchmark.json", json.dumps(output, indent=1, default=str))  # params may be objects
+    # params may be objects (default=str); non-finite statistics as strings, so the file is standard JSON
+    write_atomic(folder / "benchmark.json", json.dumps(encode_numbers(json.loads(json.dumps(output, default=str))),
+                                                       indent=1, allow_nan=False))
 
 
 def pytest_configure(config):

@@ -125,11 +125,12 @@ def _inner_run(pytester, monkeypatch, test_source: str, *args):
 
 INTERRUPTED = '''
 import pytest
+from stabcheck.reporting.rows import Kind
 
 @pytest.mark.claim("C1")
 def test_done(claim):
     claim.measure(lambda: 1)
-    claim.record(measured={"x": 1}, expected={"x": 1})
+    claim.record(measured={"x": Kind.VALUE(1)}, expected={"x": 1})
 
 @pytest.mark.claim("C1")
 def test_interrupted(claim):
@@ -160,12 +161,13 @@ def test_interrupted_serial_run_still_writes_its_report(pytester, monkeypatch):
 
 PARALLEL = '''
 import pytest
+from stabcheck.reporting.rows import Kind
 
 @pytest.mark.claim("C1")
 @pytest.mark.parametrize("x", [1, 2, 3, 4])
 def test_recorded(claim, x):
     claim.measure(lambda: x)
-    claim.record(measured={"x": x}, expected={"x": x})
+    claim.record(measured={"x": Kind.VALUE(x)}, expected={"x": x})
 '''
 
 
@@ -194,10 +196,11 @@ def test_harness_tests_pass_under_xdist():
 BUDGET = '''
 import time
 import pytest
+from stabcheck.reporting.rows import Kind
 
 @pytest.mark.claim("C1")
 def test_quick(claim):
-    claim.record(measured={"x": 1}, expected={"x": 1})
+    claim.record(measured={"x": Kind.VALUE(1)}, expected={"x": 1})
 
 @pytest.mark.claim("C2")
 def test_slow(claim):
@@ -244,7 +247,8 @@ def test_shares_a_minimum_and_adds_an_unmeasured_one(config):
 def test_cost_estimate_from_measurements_at_collection(pytester, monkeypatch):
     """Two paper FNN minima at η = 0.1, B = 10: 2 × (90 s training + 10 s measuring) = 3m 20s; C7 shares
     one of them and adds a setting without a training measurement."""
-    result, _ = _inner_run(pytester, monkeypatch, ESTIMATE, "--scale", "paper", "--collect-only", "-q")
+    result, _ = _inner_run(pytester, monkeypatch, ESTIMATE, "--scale", "paper", "--collect-only", "-q",
+                           "--cache-dir", str(pytester.path / "empty-cache"))   # nothing cached, wherever it runs
     out = result.stdout.str()
     assert "C6     2 cases, 2 minima (0 cached): ≈ 3m 20s" in out, out
     assert "C7     2 cases, 1 minimum (0 cached): ≥ 10 s + 1 part unmeasured" in out, out

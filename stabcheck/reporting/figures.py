@@ -1,6 +1,6 @@
 """Figures of a claims run, drawn from its ``claims.json`` alone (``python -m stabcheck report FOLDER``).
 
-Each figure reads the rows of one claim; a figure whose rows are missing from the run (e.g. only
+Each figure reads the rows a claim tagged for it (:class:`.rows.Tag`) or the minima rows hold; a figure whose rows are missing from the run (e.g. only
 some claims were selected) is skipped with a message rather than drawn empty.
 """
 from __future__ import annotations
@@ -13,21 +13,19 @@ from typing import Callable
 import numpy as np
 
 from .report import ReportError
+from .rows import Tag, legacy_tag
 
 
-def _rows(rows: list[dict], claim: str, test: str | None = None) -> list[dict]:
-    return [r for r in rows if r["claim"] == claim and (test is None or test in r["test"])]
-
-
-def _figure_rows(rows, claim, test=None):
-    return [r for r in _rows(rows, claim, test) if "figure" in r]
+def _tagged(rows: list[dict], tag: Tag) -> list[dict]:
+    """The rows a claim tagged ``tag`` (rows written before tags: by their test, :data:`.rows.LEGACY_TAGS`)."""
+    return [r for r in rows if (r.get("tag") or legacy_tag(r["test"])) == tag.value]
 
 
 def one_dimensional(rows, plt):
     """C4: the landscape f = (f_1 + f_2)/2 with its two minima, and SGD leaving x = 1 for x = 0."""
     from ..experiments.toys import OneDimensionalExample
 
-    found = _figure_rows(rows, "C4", "test_sgd_leaves_x1")
+    found = [r for r in _tagged(rows, Tag.ONE_DIMENSIONAL) if "figure" in r]
     if not found:
         return None
     fig_data = found[0]["figure"]
@@ -61,7 +59,7 @@ def one_dimensional(rows, plt):
 
 def appendix_b(rows, plt):
     """C11 / Figure 10: a1 + a2 along GD and SGD, the fitted functions, the histogram of SGD's ends."""
-    found = _figure_rows(rows, "C11", "test_sgd_jumps")
+    found = [r for r in _tagged(rows, Tag.APPENDIX_B) if "figure" in r]
     if not found:
         return None
     d = found[0]["figure"]
@@ -155,7 +153,7 @@ def gd_edge(rows, plt):
 
 def escape(rows, plt):
     """C9: sharpness and training loss after a restart from a GD minimum with new (η′, B′)."""
-    found = [r for r in _rows(rows, "C9") if "trajectory" in r]
+    found = [r for r in _tagged(rows, Tag.ESCAPE) if "trajectory" in r]
     if not found:
         return None
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
