@@ -8,7 +8,10 @@ reach the controller under pytest-xdist.
 
 At the end of a run (also one stopped by ``--budget``, ``-x`` or Ctrl-C) the plugin writes
 ``claims.json`` and ``claims.md`` (:mod:`stabcheck.reporting.report`) with every case of the run,
-those that did not run included, and prints the per-claim summary at the end of pytest's output.
+those that did not run included (a case whose xdist worker died: failed, reason "worker crashed"),
+then ``benchmark.json`` and the figures, and prints the per-claim summary at the end of pytest's
+output. A reused ``--report-dir`` first loses the previous run's outputs; a Ctrl-C while the report
+is written leaves what was written and the summary names what was not.
 """
 from __future__ import annotations
 
@@ -114,6 +117,7 @@ class ClaimReportPlugin:
         self.folder: Path | None = None
         self.figures: list[Path] = []
         self.figure_error = ""
+        self.unwritten: list[str] = []   # outputs a Ctrl-C during the writing kept from being written
 
     def pytest_collection_finish(self, session):
         for item in session.items:
@@ -126,6 +130,11 @@ class ClaimReportPlugin:
     def pytest_runtest_logreport(self, report):
         props = dict((k, v) for k, v in report.user_properties if k == "claim")
         if "claim" not in props:
+            # xdist's report of a worker that died carries no properties: the case is known from its setup
+            if report.failed and report.when not in ("setup", "call", "teardown") and report.nodeid in self.cases:
+                crash = str(report.longrepr).strip().splitlines()
+                self.cases[report.nodeid].update(outcome="failed", reason="worker crashed" + (
+                    f": {crash[0]}" if crash else ""))
             return
         case = self.cases.setdefault(report.nodeid, {"claim": props["claim"], "test": report.nodeid,
                                                      "case": report.nodeid.partition("[")[2].rstrip("]"),
@@ -156,13 +165,26 @@ class ClaimReportPlugin:
                 case.setdefault("reason", self.stopped)
                 case["estimate"] = schedule.estimates.get(case["test"], "")
         self.summary = summarise(self.rows, cases)
-        folder = suite_options(self.config).report_dir or ROOT / "reports" / time.strftime("run-%Y%m%d-%H%M%S")
-        self.folder = write_report(Path(folder), self.rows, _benchmark_stats(self.config), cases, self.stopped)
-        _write_benchmark_json(self.config, self.folder)
+        folder = Path(suite_options(self.config).report_dir or ROOT / "reports" / time.strftime("run-%Y%m%d-%H%M%S"))
+        # Ctrl-C while the report is written: what was written stays, and the summary says what was not
+        try:
+            _clear_previous_outputs(folder)
+            self.folder = write_report(folder, self.rows, _benchmark_stats(self.config), cases, self.stopped)
+        except KeyboardInterrupt:
+            self.unwritten = ["claims.json", "claims.md", "benchmark.json", "figures"]
+            self.folder = folder
+            return
+        try:
+            _write_benchmark_json(self.config, self.folder)
+        except KeyboardInterrupt:
+            self.unwritten = ["benchmark.json", "figures"]
+            return
         try:
             from stabcheck.reporting.figures import draw_all
 
             self.figures = draw_all(self.folder)
+        except KeyboardInterrupt:
+            self.unwritten = ["figures"]
         except Exception as err:  # noqa: BLE001 - a figure must not turn a verified claim red
             self.figure_error = f"{type(err).__name__}: {err}"
 
@@ -177,12 +199,28 @@ class ClaimReportPlugin:
             not_run = sum(c["outcome"] == "not run" for c in self.cases.values())
             terminalreporter.write_line(f"the run stopped early: {self.stopped}; {not_run} cases did not run "
                                         "(listed in claims.md)")
+        if self.unwritten:
+            terminalreporter.write_sep("=", f"claim report in {self.folder} NOT complete")
+            terminalreporter.write_line(f"  interrupted (Ctrl-C) while writing it: {', '.join(self.unwritten)} not "
+                                        "written" + (f" (redraw the figures with: python -m stabcheck report "
+                                                     f"{self.folder})" if "claims.json" not in self.unwritten else ""))
+            return
         terminalreporter.write_sep("=", f"claim report written to {self.folder}")
         terminalreporter.write_line(f"  claims.json, claims.md and {len(self.figures)} figures "
                                     f"({', '.join(p.name for p in self.figures)})")
         if self.figure_error:
             terminalreporter.write_line(f"  figures failed: {self.figure_error} "
                                         f"(redraw with: python -m stabcheck report {self.folder})")
+
+
+def _clear_previous_outputs(folder: Path) -> None:
+    """A reused report folder loses the previous run's outputs, so none stays beside the new report."""
+    from stabcheck.reporting.figures import FIGURES
+
+    for name in ("claims.json", "claims.md", "benchmark.json", *FIGURES):
+        path = folder / name
+        if path.is_file() or path.is_symlink():
+            path.unlink()
 
 
 def _benchmark_session(config):

@@ -2,6 +2,7 @@
 and the report of runs that stop early (inner pytest runs via ``pytester``)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -93,6 +94,22 @@ def test_durations():
     for bad in ("2x", "90", "", "0m"):
         with pytest.raises(ValueError, match="duration"):
             parse_duration(bad)
+
+
+def test_minima_cache_defaults_to_the_users_cache_folder(monkeypatch, tmp_path):
+    """Outside the checkout, so paper-scale minima survive a new clone: STABCHECK_CACHE_DIR, else
+    $XDG_CACHE_HOME/stabcheck/minima, else ~/.cache/stabcheck/minima."""
+    spec = importlib.util.spec_from_file_location("root_conftest", ROOT / "conftest.py")
+    root_conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(root_conftest)
+    monkeypatch.setenv("STABCHECK_CACHE_DIR", "/elsewhere")
+    assert root_conftest.default_cache_dir() == "/elsewhere"
+    monkeypatch.delenv("STABCHECK_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert root_conftest.default_cache_dir() == str(tmp_path / "stabcheck" / "minima")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert root_conftest.default_cache_dir() == str(tmp_path / "home" / ".cache" / "stabcheck" / "minima")
 
 
 def test_summary_verdicts_and_markdown_order():

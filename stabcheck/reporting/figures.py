@@ -46,12 +46,14 @@ def one_dimensional(rows, plt):
         ax2.plot(path, lw=1)
     ax2.axhline(1, color="grey", ls=":", label="x = 1 (start 1 + 1e-5)")
     ax2.axhline(0, color="grey", ls="--", label="x = 0")
+    steps = [s for s in fig_data["escape_steps"] if s >= 0]   # -1: the run never left
+    longest = max((len(p) for p in fig_data["sgd_paths"]), default=1)
     ax2.set(xlabel="iteration", ylabel="x", title=f"SGD, η = 0.7, B = 1 ({len(fig_data['sgd_paths'])} runs)",
-            xlim=(0, 2.5 * max(s for s in fig_data["escape_steps"])))
+            xlim=(0, 2.5 * max(steps) if steps else longest))
     ax2.legend(fontsize=8)
-    steps = [s for s in fig_data["escape_steps"] if s >= 0]
     ax3.hist(steps, bins=30, color="C2")
-    ax3.axvline(float(np.median(steps)), color="k", ls="--", label=f"median {np.median(steps):.0f}")
+    if steps:
+        ax3.axvline(float(np.median(steps)), color="k", ls="--", label=f"median {np.median(steps):.0f}")
     ax3.set(xlabel="escape step (first |x − 1| > 0.1)", ylabel="runs", title=f"{len(steps)} SGD runs leave x = 1")
     ax3.legend(fontsize=8)
     return fig
@@ -92,12 +94,32 @@ def appendix_b(rows, plt):
 
 
 def _all_minima(rows) -> list[dict]:
-    """Every trained minimum the run measured (rows keep them as ``minimum`` or ``minima``), once each."""
+    """Every trained minimum the run measured (rows keep them as ``minimum`` or ``minima``), once each;
+    ReportError naming a minimum whose numbers cannot be drawn."""
     seen: dict[str, dict] = {}
     for r in rows:
         for m in ([r["minimum"]] if "minimum" in r else []) + r.get("minima", []):
+            _check_minimum(m, r["test"])
             seen.setdefault(m["label"], m)
     return list(seen.values())
+
+
+def _check_minimum(m, test: str) -> None:
+    def number(key, positive=False):
+        v = m.get(key) if isinstance(m, dict) else None
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > 0 or not positive
+                                                                                               and v >= 0)
+        if not ok:
+            label = m.get("label", "?") if isinstance(m, dict) else m
+            raise ReportError(f"minimum {label} of {test}: {key} = {json.dumps(v)} is not a "
+                              f"{'positive' if positive else 'non-negative'} finite number, so the figures cannot "
+                              "place it (rerun the claims to rewrite claims.json)")
+        return v
+
+    number("a"), number("s"), number("lr", positive=True)
+    if number("B", positive=True) > number("n", positive=True) or m["B"] != int(m["B"]) or m["n"] != int(m["n"]):
+        raise ReportError(f"minimum {m.get('label', '?')} of {test}: B = {m['B']}, n = {m['n']} are not whole "
+                          "numbers with B <= n (rerun the claims to rewrite claims.json)")
 
 
 def diagram(rows, plt):
@@ -203,7 +225,12 @@ def draw_all(folder: Path) -> list[Path]:
         if fig is None:
             continue
         fig.tight_layout()
-        fig.savefig(Path(folder) / name, dpi=90)
-        plt.close(fig)
+        try:
+            fig.savefig(Path(folder) / name, dpi=90)
+        except OSError as err:
+            raise ReportError(f"cannot write the figure {Path(folder) / name} ({err.strerror or err}): remove "
+                              "what is in its place or give another folder") from None
+        finally:
+            plt.close(fig)
         written.append(Path(folder) / name)
     return written

@@ -166,6 +166,11 @@ def render_markdown(rows: list[dict], benchmarks: list[dict], summary: list[dict
                 table(["case", "claim", "estimated cost", "why"],
                       [[f"`{c['test']}`", c["claim"], c.get("estimate", ""), c.get("reason", "")] for c in not_run],
                       markdown=True), ""]
+    crashed = [c for c in cases if c["outcome"] == "failed" and c.get("reason")]
+    if crashed:
+        out += ["## Cases that did not finish", "",
+                table(["case", "claim", "why"], [[f"`{c['test']}`", c["claim"], c["reason"]] for c in crashed],
+                      markdown=True), ""]
     if benchmarks:
         out += ["## Benchmark timings (pytest-benchmark)", "",
                 table(["benchmark", "median (s)", "rounds"],
