@@ -8,7 +8,7 @@ import pytest
 
 from stabcheck.reporting.cli import main
 from stabcheck.reporting.diff import compare_runs
-from stabcheck.reporting.rows import ClaimRow, Kind, has_numbers, legacy_kind
+from stabcheck.reporting.rows import ClaimRow, Kind, has_numbers, legacy_kind, upgrade_report
 from stabcheck.reporting.runs import Run
 from stabcheck.reporting.tolerance import KIND_RULES, NOT_NUMBERS, Tolerances
 
@@ -235,3 +235,19 @@ def test_no_reference_value_falls_back_to_a_default_kind():
                 "s": Kind.NONUNIFORMITY, "a: uHu, per-sample products": Kind.SHARPNESS, "p": Kind.SETTING,
                 "p (a smaller at B=2)": Kind.P_VALUE, "matvecs": Kind.PRODUCTS, "final loss": Kind.LOSS}
     assert {name: legacy_kind(name) for name in intended} == intended
+
+
+def test_reference_upgraded_to_kinds_is_standard_json_and_compares_clean(tmp_path, capsys):
+    """An old report rewritten with kinds (rows.upgrade_report) is standard JSON, every row carries its kinds,
+    and it compares with the original without a regression: the name->kind map loses nothing."""
+    def refuse(constant):
+        raise ValueError(f"{constant} is not standard JSON")
+
+    upgraded = json.dumps(upgrade_report(json.loads(REFERENCE.read_text())), allow_nan=False)
+    rows = json.loads(upgraded, parse_constant=refuse)["rows"]
+    assert all(set(r["measured"]) <= set(r["kinds"]) for r in rows)
+    folder = tmp_path / "upgraded"
+    folder.mkdir()
+    (folder / "claims.json").write_text(upgraded)
+    status, out, _ = _compare(capsys, REFERENCE.parent, folder)
+    assert status == 0 and "Other changes" not in out, out

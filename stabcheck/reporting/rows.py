@@ -10,7 +10,8 @@ Reports are standard JSON: a non-finite number is stored as the string ``"Infini
 
 Rows written before kinds existed (no ``schema``) get their kinds from :data:`LEGACY_KINDS`, an
 ordered list of (glob on the value's name, kind) written for the names those reports used, and
-their figure tags from :data:`LEGACY_TAGS` (by test function).
+their figure tags from :data:`LEGACY_TAGS` (by test function); :func:`upgrade_report` rewrites such
+a report in this schema.
 """
 from __future__ import annotations
 
@@ -247,6 +248,13 @@ class ClaimRow:
         extra = {k: v for k, v in data.items() if k not in ROW_FIELDS}
         return cls(data["claim"], data["test"], data["outcome"], str(data.get("case") or ""), measured, kinds,
                    str(tag), duration if is_number(duration) else None, extra, schema)
+
+
+def upgrade_report(report: dict, where: str = "claims.json") -> dict:
+    """A ``claims.json`` of an older schema as this one writes it: every row with its kinds and tag (from
+    :data:`LEGACY_KINDS` and :data:`LEGACY_TAGS`) and non-finite numbers as strings (standard JSON)."""
+    rows = [ClaimRow.from_json(r, where).as_json() for r in report.get("rows", [])]
+    return encode_numbers({**report, "schema": SCHEMA, "rows": rows})
 
 
 KIND_VALUES = {k.value for k in Kind}
