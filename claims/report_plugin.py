@@ -29,6 +29,7 @@ from stabcheck.reporting.report import summarise, summary_line, write_atomic, wr
 from stabcheck.reporting.rows import ClaimRow, encode_numbers, measured_with_kinds
 
 ROOT = Path(__file__).resolve().parent.parent
+REPORT_FILES = "claims.json and claims.md"
 
 
 class ClaimRecorder:
@@ -165,26 +166,26 @@ class ClaimReportPlugin:
                 case.setdefault("reason", self.stopped)
                 case["estimate"] = schedule.estimates.get(case["test"], "")
         self.summary = summarise(self.rows, cases)
-        folder = Path(suite_options(self.config).report_dir or ROOT / "reports" / time.strftime("run-%Y%m%d-%H%M%S"))
-        # Ctrl-C while the report is written: what was written stays, and the summary says what was not
-        try:
-            _clear_previous_outputs(folder)
-            self.folder = write_report(folder, self.rows, _benchmark_stats(self.config), cases, self.stopped)
-        except KeyboardInterrupt:
-            self.unwritten = ["claims.json", "claims.md", "benchmark.json", "figures"]
-            self.folder = folder
-            return
-        try:
-            _write_benchmark_json(self.config, self.folder)
-        except KeyboardInterrupt:
-            self.unwritten = ["benchmark.json", "figures"]
-            return
-        try:
-            from stabcheck.reporting.figures import draw_all
+        self.folder = Path(suite_options(self.config).report_dir
+                           or ROOT / "reports" / time.strftime("run-%Y%m%d-%H%M%S"))
+        steps = [(REPORT_FILES, lambda: write_report(self.folder, self.rows, _benchmark_stats(self.config), cases,
+                                                      self.stopped)),
+                 ("benchmark.json", lambda: _write_benchmark_json(self.config, self.folder)),
+                 ("figures", self._draw_figures)]
+        _clear_previous_outputs(self.folder)
+        for i, (_, step) in enumerate(steps):
+            try:
+                step()
+            except KeyboardInterrupt:  # Ctrl-C while the report is written: say what was not, exit as interrupted
+                self.unwritten = [name for name, _ in steps[i:]]
+                session.exitstatus = pytest.ExitCode.INTERRUPTED
+                return
 
+    def _draw_figures(self) -> None:
+        from stabcheck.reporting.figures import draw_all
+
+        try:
             self.figures = draw_all(self.folder)
-        except KeyboardInterrupt:
-            self.unwritten = ["figures"]
         except Exception as err:  # noqa: BLE001 - a figure must not turn a verified claim red
             self.figure_error = f"{type(err).__name__}: {err}"
 
@@ -203,7 +204,7 @@ class ClaimReportPlugin:
             terminalreporter.write_sep("=", f"claim report in {self.folder} NOT complete")
             terminalreporter.write_line(f"  interrupted (Ctrl-C) while writing it: {', '.join(self.unwritten)} not "
                                         "written" + (f" (redraw the figures with: python -m stabcheck report "
-                                                     f"{self.folder})" if "claims.json" not in self.unwritten else ""))
+                                                     f"{self.folder})" if REPORT_FILES not in self.unwritten else ""))
             return
         terminalreporter.write_sep("=", f"claim report written to {self.folder}")
         terminalreporter.write_line(f"  claims.json, claims.md and {len(self.figures)} figures "

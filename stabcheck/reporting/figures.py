@@ -52,10 +52,10 @@ def one_dimensional(rows, plt):
             xlim=(0, 2.5 * max(steps) if steps else longest))
     ax2.legend(fontsize=8)
     ax3.hist(steps, bins=30, color="C2")
+    ax3.set(xlabel="escape step (first |x − 1| > 0.1)", ylabel="runs", title=f"{len(steps)} SGD runs leave x = 1")
     if steps:
         ax3.axvline(float(np.median(steps)), color="k", ls="--", label=f"median {np.median(steps):.0f}")
-    ax3.set(xlabel="escape step (first |x − 1| > 0.1)", ylabel="runs", title=f"{len(steps)} SGD runs leave x = 1")
-    ax3.legend(fontsize=8)
+        ax3.legend(fontsize=8)
     return fig
 
 
