@@ -242,6 +242,8 @@ class ClaimRow:
                      for k, v in measured.items()}
         elif not isinstance(kinds, dict) or not all(isinstance(v, str) and v in KIND_VALUES for v in kinds.values()):
             raise RowError(f"{where}: row {data['test']}: 'kinds' must map names to kinds of {sorted(KIND_VALUES)}")
+        elif set(measured) - set(kinds):
+            raise RowError(f"{where}: row {data['test']}: measured {sorted(set(measured) - set(kinds))} without a kind")
         measured = {k: v if kinds.get(k) == Kind.VERDICT.value else decode_numbers(v) for k, v in measured.items()}
         tag = data.get("tag") or legacy_tag(data["test"])
         duration = data.get("duration_s")
