@@ -3,9 +3,12 @@ from __future__ import annotations
 
 from stabcheck.reporting.rows import Kind
 
+#: Theorem 1 in sample space, where a minimum's entries carry it (μ is read against 2, like η·a).
+SAMPLE_THEOREM1 = {"mu": Kind.THEOREM1, "mu margin": Kind.THEOREM1, "residual |H-G|": Kind.VALUE}
+
 #: ``MeasuredMinimum.measured()`` (claims/measured.py): the entries every trained-net case reports.
 MINIMUM = {"a": Kind.SHARPNESS, "s": Kind.NONUNIFORMITY, "a eta/2": Kind.RATIO, "s/bound": Kind.RATIO,
-           "theorem1": Kind.THEOREM1, "final loss": Kind.LOSS}
+           "theorem1": Kind.THEOREM1, "final loss": Kind.LOSS, **SAMPLE_THEOREM1}
 
 
 def suffixed(kinds: dict[str, Kind], suffix: str, prefix: str = "") -> dict[str, Kind]:
@@ -27,7 +30,8 @@ ESCAPE = {"a at restart": Kind.SHARPNESS, "s at restart": Kind.NONUNIFORMITY, "t
           "log-deviation slope": Kind.GROWTH, "deviation factor per step": Kind.GROWTH,
           "iterations to re-converge": Kind.ITERATIONS, "EMA loss at the end": Kind.LOSS, "new a": Kind.SHARPNESS,
           "new s": Kind.NONUNIFORMITY, "new loss": Kind.LOSS, "new theorem1": Kind.THEOREM1,
-          "max relative change of a": Kind.RELATIVE}
+          "max relative change of a": Kind.RELATIVE,
+          **suffixed(SAMPLE_THEOREM1, " at (lr', B')"), **suffixed(SAMPLE_THEOREM1, "", prefix="new ")}
 
 
 def escape(measured: dict) -> dict[str, Kind]:
