@@ -1,6 +1,8 @@
 """Root pytest configuration: the options every suite shares and the plugins it loads.
 
-Options here (``pytest --help``, group "stabcheck"): ``--device``, ``--data-dir``, ``--cache-dir``.
+Options here (``pytest --help``, group "stabcheck"): ``--device``, ``--data-dir``, ``--cache-dir``;
+``--device`` and ``--cache-dir`` are checked at start-up (a usage error, exit status 4), so that a
+run on an unusable device or folder never reports the paper's claims as failing.
 The claims' own options (``--scale``, ``--seed``, ``--seeds-per-setting``, ``--budget``,
 ``--report-dir``) are declared and read by :mod:`claims.options`.
 
@@ -26,8 +28,35 @@ def pytest_addoption(parser):
     group.addoption("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     group.addoption("--data-dir", default=os.environ.get("STABCHECK_DATA_DIR"),
                     help="torchvision dataset root searched first (env STABCHECK_DATA_DIR)")
-    group.addoption("--cache-dir", default=os.environ.get("STABCHECK_CACHE_DIR", str(ROOT / ".cache" / "minima")),
-                    help="cache folder for trained minima (env STABCHECK_CACHE_DIR; default .cache/minima)")
+    group.addoption("--cache-dir", default=default_cache_dir(),
+                    help="cache folder for trained minima (env STABCHECK_CACHE_DIR; default "
+                         "$XDG_CACHE_HOME/stabcheck/minima or ~/.cache/stabcheck/minima, shared by every checkout)")
+
+
+def default_cache_dir() -> str:
+    """STABCHECK_CACHE_DIR, else the user's cache folder: minima that took hours survive a new checkout."""
+    if os.environ.get("STABCHECK_CACHE_DIR"):
+        return os.environ["STABCHECK_CACHE_DIR"]
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(base) / "stabcheck" / "minima")
+
+
+def check_device(text: str) -> None:
+    """A usage error unless ``--device`` names a CPU or CUDA device that exists here and computes in float64."""
+    import torch
+
+    from stabcheck.curvature.problem import ProblemError, check_device as usable
+
+    try:
+        device = usable(text)
+    except ProblemError as err:
+        raise pytest.UsageError(f"--device {text}: {err}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise pytest.UsageError(f"--device {text}: the claims train and measure on cpu or cuda, not {device.type}")
+    try:
+        torch.ones(2, dtype=torch.float64, device=device).sum().item()
+    except (RuntimeError, TypeError) as err:
+        raise pytest.UsageError(f"--device {text} does not compute in float64 here ({err}); use cpu") from None
 
 
 def pytest_configure(config):
@@ -36,11 +65,10 @@ def pytest_configure(config):
 
         # xdist runs one worker per core: more threads per worker only oversubscribe the CPU
         torch.set_num_threads(1)
-    if config.getoption("--device").startswith("cuda"):
-        import torch
+    from claims.options import check_folder   # a plugin of this conftest: imported once pytest has it
 
-        if not torch.cuda.is_available():
-            raise pytest.UsageError("--device cuda was given but torch sees no CUDA device; use --device cpu")
+    check_device(config.getoption("--device"))
+    check_folder(Path(config.getoption("--cache-dir")), "--cache-dir")
 
 
 @pytest.fixture(scope="session")

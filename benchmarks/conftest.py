@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from stabcheck.reporting.tables import table
+
 from .support import RESULTS, THREADS
 
 # STABCHECK_BENCH_REPORT_DIR sends the summary elsewhere (a partial run would overwrite the full one).
@@ -31,55 +33,51 @@ def pytest_configure(config):
 def _product_table(rows: list[dict]) -> list[dict]:
     """One row per (model, n, op) with the ratios to H v of the same (model, n)."""
     hv = {(r["model"], r["n"]): r for r in rows if r["op"] == "hv"}
-    table = []
+    entries = []
     for r in rows:
         base = hv.get((r["model"], r["n"]))
         if base is None:
             continue
-        table.append({**r, "time_ratio": r["median_s"] / base["median_s"],
+        entries.append({**r, "time_ratio": r["median_s"] / base["median_s"],
                       "memory_ratio": (r["peak_bytes"] / base["peak_bytes"]) if r["peak_bytes"] else None})
     # The per-sample engines are timed at n ≤ 1000: their cost is n per-sample products, so n = 4000 is 4×.
-    for r in [r for r in table if r["op"] in ("vmap", "loop") and r["n"] == 1000]:
+    for r in [r for r in entries if r["op"] in ("vmap", "loop") and r["n"] == 1000]:
         base = hv.get((r["model"], 4000))
         if base is not None:
             t = 4 * r["median_s"]
-            table.append({**r, "n": 4000, "median_s": t, "time_ratio": t / base["median_s"], "peak_bytes": None,
+            entries.append({**r, "n": 4000, "median_s": t, "time_ratio": t / base["median_s"], "peak_bytes": None,
                           "memory_ratio": None, "extrapolated": "4 × the n = 1000 time"})
-    return sorted(table, key=lambda r: (r["model"], r["n"], ("hv", "factored", "vmap", "loop").index(r["op"])))
+    return sorted(entries, key=lambda r: (r["model"], r["n"], ("hv", "factored", "vmap", "loop").index(r["op"])))
 
 
 def _markdown(summary: dict) -> str:
     lines = [f"Measured {summary['date']} on {summary['machine']}, torch {summary['torch']}, "
              f"{summary['threads']} thread(s), timer {summary['timer']}, load average "
              f"{summary['load_start'][0]:.1f} at start, {summary['load_end'][0]:.1f} at end. Medians.", "",
-             "| model | n | product | median s | × H v | peak MB | × H v peak |", "|---|---|---|---|---|---|---|"]
-    for r in summary["products"]:
-        peak = f"{r['peak_bytes'] / 1e6:.1f}" if r["peak_bytes"] else "–"
-        mem = f"{r['memory_ratio']:.2f}" if r["memory_ratio"] else "–"
-        note = " (extrapolated)" if r.get("extrapolated") else ""
-        lines.append(f"| {r['model']} | {r['n']} | {r['op']}{note} | {r['median_s']:.3f} | {r['time_ratio']:.2f} | "
-                     f"{peak} | {mem} |")
+             table(["model", "n", "product", "median s", "× H v", "peak MB", "× H v peak"],
+                   [[r["model"], r["n"], r["op"] + (" (extrapolated)" if r.get("extrapolated") else ""),
+                     f"{r['median_s']:.3f}", f"{r['time_ratio']:.2f}",
+                     f"{r['peak_bytes'] / 1e6:.1f}" if r["peak_bytes"] else "–",
+                     f"{r['memory_ratio']:.2f}" if r["memory_ratio"] else "–"] for r in summary["products"]],
+                   markdown=True)]
     if summary["solvers"]:
-        lines += ["", "| quantity | method | products | converged | residual | rel. error | products to 1e-4 |",
-                  "|---|---|---|---|---|---|---|"]
-        for r in summary["solvers"]:
-            lines.append(f"| {r['quantity']} | {r['method']} | {r['products']} | {r['converged']} | "
-                         f"{r['residual']:.1e} | {r['relative_error']:.1e} | {r['products_to_1e-4']} |")
+        lines += ["", table(["quantity", "method", "products", "converged", "residual", "rel. error", "products to 1e-4"],
+                            [[r["quantity"], r["method"], r["products"], r["converged"], f"{r['residual']:.1e}",
+                              f"{r['relative_error']:.1e}", r["products_to_1e-4"]] for r in summary["solvers"]],
+                            markdown=True)]
     if summary["external"]:
-        lines += ["", "| sharpness by | value | products | rel. error | median s |", "|---|---|---|---|---|"]
-        for r in summary["external"]:
-            lines.append(f"| {r['library']} | {r['value']:.6f} | {r['products']} | {r['relative_error']:.1e} | "
-                         f"{r['median_s']:.3f} |")
+        lines += ["", table(["sharpness by", "value", "products", "rel. error", "median s"],
+                            [[r["library"], f"{r['value']:.6f}", r["products"], f"{r['relative_error']:.1e}",
+                              f"{r['median_s']:.3f}"] for r in summary["external"]], markdown=True)]
     if summary["end_to_end"]:
-        lines += ["", "| quantity | method | value | rel. error | products | median s | note |",
-                  "|---|---|---|---|---|---|---|"]
-        for r in summary["end_to_end"]:
-            error = "–" if r["relative_error"] is None else f"{r['relative_error']:.1e}"
-            lines.append(f"| {r['quantity']} | {r['method']} | {r['value']} | {error} | {r['products']} | "
-                         f"{r['median_s']:.2f} | {r['note']} |")
+        lines += ["", table(["quantity", "method", "value", "rel. error", "products", "median s", "note"],
+                            [[r["quantity"], r["method"], r["value"],
+                              "–" if r["relative_error"] is None else f"{r['relative_error']:.1e}", r["products"],
+                              f"{r['median_s']:.2f}", r["note"]] for r in summary["end_to_end"]], markdown=True)]
     if summary["goals"]:
-        lines += ["", "| goal | measured | met |", "|---|---|---|"]
-        lines += [f"| {g['goal']} | {g['measured']} | {'yes' if g['met'] else 'no'} |" for g in summary["goals"]]
+        lines += ["", table(["goal", "measured", "met"],
+                            [[g["goal"], g["measured"], "yes" if g["met"] else "no"] for g in summary["goals"]],
+                            markdown=True)]
     return "\n".join(lines) + "\n"
 
 

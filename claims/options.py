@@ -17,6 +17,7 @@ import pytest
 from claims.profiles import PROFILES
 
 SEEDS_ENV = "STABCHECK_SEEDS_PER_SETTING"
+MAX_DURATION_S = 365 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -64,13 +65,15 @@ def parse_duration(text: str) -> float:
     seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[unit] for n, unit in parts)
     if seconds <= 0:
         raise ValueError(f"the duration {text!r} is not positive")
+    if seconds > MAX_DURATION_S:  # the budget's timer takes no more
+        raise ValueError(f"the duration {text!r} is longer than a year; give at most 8760h")
     return seconds
 
 
 def _seeds_per_setting(text: str | None) -> int | None:
     if text in (None, ""):
         return None
-    if not str(text).isdigit() or int(text) < 1:
+    if not re.fullmatch(r"[0-9]+", str(text)) or int(text) < 1:
         raise pytest.UsageError(f"--seeds-per-setting (or {SEEDS_ENV}) must be a positive integer, got {text!r}")
     return int(text)
 
@@ -83,10 +86,23 @@ def read_options(config: pytest.Config) -> SuiteOptions:
     except ValueError as err:
         raise pytest.UsageError(f"--budget: {err}") from None
     report_dir = config.getoption("--report-dir")
+    if report_dir:
+        check_folder(Path(report_dir), "--report-dir")
     return SuiteOptions(scale=config.getoption("--scale"), seed=config.getoption("--seed"),
                         seeds_per_setting=_seeds_per_setting(config.getoption("--seeds-per-setting")),
                         device=config.getoption("--device"), budget_s=budget, budget_text=budget_text or "",
                         report_dir=Path(report_dir) if report_dir else None)
+
+
+def check_folder(path: Path, flag: str) -> None:
+    """A usage error unless ``path`` is a folder that exists or can be made, and takes new files."""
+    if path.exists() and not path.is_dir():
+        raise pytest.UsageError(f"{flag} {path} is a file, not a folder: give a folder (it is made if missing)")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise pytest.UsageError(f"{flag} {path} lies under the file {existing}: give a folder outside it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise pytest.UsageError(f"{flag} {path}: cannot write in {existing}; give a folder you can write to")
 
 
 def suite_options(config: pytest.Config) -> SuiteOptions:

@@ -8,7 +8,10 @@ reach the controller under pytest-xdist.
 
 At the end of a run (also one stopped by ``--budget``, ``-x`` or Ctrl-C) the plugin writes
 ``claims.json`` and ``claims.md`` (:mod:`stabcheck.reporting.report`) with every case of the run,
-those that did not run included, and prints the per-claim summary at the end of pytest's output.
+those that did not run included (a case whose xdist worker died: failed, reason "worker crashed"),
+then ``benchmark.json`` and the figures, and prints the per-claim summary at the end of pytest's
+output. A reused ``--report-dir`` first loses the previous run's outputs; a Ctrl-C while the report
+is written leaves what was written and the summary names what was not.
 """
 from __future__ import annotations
 
@@ -23,8 +26,10 @@ import stabcheck
 from claims.options import suite_options
 from claims.schedule import claim_of, schedule_of
 from stabcheck.reporting.report import summarise, summary_line, write_atomic, write_report
+from stabcheck.reporting.rows import ClaimRow, encode_numbers, measured_with_kinds
 
 ROOT = Path(__file__).resolve().parent.parent
+REPORT_FILES = "claims.json and claims.md"
 
 
 class ClaimRecorder:
@@ -49,33 +54,29 @@ class ClaimRecorder:
         self.timings[name] = round(time.perf_counter() - start, 4)
         return result
 
-    def record(self, *, measured: dict, expected: dict, seed: int | None = None, dtype: str | None = None,
-               note: str = "", **extra):
+    def record(self, *, measured: dict, expected: dict, kinds: dict | None = None, tag: str = "",
+               seed: int | None = None, dtype: str | None = None, note: str = "", **extra):
         """One report row: what we measured beside what the paper says (a value, bound or expectation).
 
-        ``extra`` fields are kept as given, e.g. ``minimum``/``minima`` (measured minima, for the
-        figures) or ``headline`` (the claim's headline figures beside the paper's, for the summary).
+        Every number of ``measured`` carries its kind (:class:`stabcheck.reporting.rows.Kind`): given as
+        ``Kind.SHARPNESS(a)``, or named in ``kinds`` (for entries built elsewhere); strings and booleans
+        are verdicts. ``tag`` names what the row is for the figures that draw it. ``extra`` fields are
+        kept as given, e.g. ``minimum``/``minima`` (measured minima, for the figures) or ``headline``
+        (the claim's headline figures beside the paper's, for the summary).
         """
         options = suite_options(self._request.config)
         callspec = getattr(self._request.node, "callspec", None)
-        row = {
-            "claim": self.claim_id,
-            "test": self._request.node.nodeid,
-            "case": callspec.id if callspec else "",
-            "params": {k: _jsonable(v) for k, v in (callspec.params.items() if callspec else [])},
-            "measured": {k: _jsonable(v) for k, v in measured.items()},
-            "expected": {k: _jsonable(v) for k, v in expected.items()},
-            "seed": options.seed if seed is None else seed,
-            "dtype": dtype,
-            "scale": options.scale,
-            "device": options.device,
-            "timings_s": dict(self.timings),
-            "versions": {"stabcheck": stabcheck.__version__, "torch": str(torch.__version__)},
-            "note": note,
-            **{k: _jsonable(v) for k, v in extra.items()},
-        }
+        values, value_kinds = measured_with_kinds(measured, kinds)
+        row = ClaimRow(
+            claim=self.claim_id, test=self._request.node.nodeid, outcome="", case=callspec.id if callspec else "",
+            measured=_jsonable(values), kinds=value_kinds, tag=tag,
+            extra={"params": {k: _jsonable(v) for k, v in (callspec.params.items() if callspec else [])},
+                   "expected": _jsonable(expected), "seed": options.seed if seed is None else seed, "dtype": dtype,
+                   "scale": options.scale, "device": options.device, "timings_s": dict(self.timings),
+                   "versions": {"stabcheck": stabcheck.__version__, "torch": str(torch.__version__)}, "note": note,
+                   **_jsonable(extra)})
         # As JSON text: execnet (xdist) only ships plain builtins.
-        self._request.node.user_properties.append(("claim_row", json.dumps(row)))
+        self._request.node.user_properties.append(("claim_row", json.dumps(row.as_json(), allow_nan=False)))
 
 
 def _jsonable(v):
@@ -117,6 +118,7 @@ class ClaimReportPlugin:
         self.folder: Path | None = None
         self.figures: list[Path] = []
         self.figure_error = ""
+        self.unwritten: list[str] = []   # outputs a Ctrl-C during the writing kept from being written
 
     def pytest_collection_finish(self, session):
         for item in session.items:
@@ -129,6 +131,11 @@ class ClaimReportPlugin:
     def pytest_runtest_logreport(self, report):
         props = dict((k, v) for k, v in report.user_properties if k == "claim")
         if "claim" not in props:
+            # xdist's report of a worker that died carries no properties: the case is known from its setup
+            if report.failed and report.when not in ("setup", "call", "teardown") and report.nodeid in self.cases:
+                crash = str(report.longrepr).strip().splitlines()
+                self.cases[report.nodeid].update(outcome="failed", reason="worker crashed" + (
+                    f": {crash[0]}" if crash else ""))
             return
         case = self.cases.setdefault(report.nodeid, {"claim": props["claim"], "test": report.nodeid,
                                                      "case": report.nodeid.partition("[")[2].rstrip("]"),
@@ -159,12 +166,25 @@ class ClaimReportPlugin:
                 case.setdefault("reason", self.stopped)
                 case["estimate"] = schedule.estimates.get(case["test"], "")
         self.summary = summarise(self.rows, cases)
-        folder = suite_options(self.config).report_dir or ROOT / "reports" / time.strftime("run-%Y%m%d-%H%M%S")
-        self.folder = write_report(Path(folder), self.rows, _benchmark_stats(self.config), cases, self.stopped)
-        _write_benchmark_json(self.config, self.folder)
-        try:
-            from stabcheck.reporting.figures import draw_all
+        self.folder = Path(suite_options(self.config).report_dir
+                           or ROOT / "reports" / time.strftime("run-%Y%m%d-%H%M%S"))
+        steps = [(REPORT_FILES, lambda: write_report(self.folder, self.rows, _benchmark_stats(self.config), cases,
+                                                      self.stopped)),
+                 ("benchmark.json", lambda: _write_benchmark_json(self.config, self.folder)),
+                 ("figures", self._draw_figures)]
+        _clear_previous_outputs(self.folder)
+        for i, (_, step) in enumerate(steps):
+            try:
+                step()
+            except KeyboardInterrupt:  # Ctrl-C while the report is written: say what was not, exit as interrupted
+                self.unwritten = [name for name, _ in steps[i:]]
+                session.exitstatus = pytest.ExitCode.INTERRUPTED
+                return
 
+    def _draw_figures(self) -> None:
+        from stabcheck.reporting.figures import draw_all
+
+        try:
             self.figures = draw_all(self.folder)
         except Exception as err:  # noqa: BLE001 - a figure must not turn a verified claim red
             self.figure_error = f"{type(err).__name__}: {err}"
@@ -180,12 +200,28 @@ class ClaimReportPlugin:
             not_run = sum(c["outcome"] == "not run" for c in self.cases.values())
             terminalreporter.write_line(f"the run stopped early: {self.stopped}; {not_run} cases did not run "
                                         "(listed in claims.md)")
+        if self.unwritten:
+            terminalreporter.write_sep("=", f"claim report in {self.folder} NOT complete")
+            terminalreporter.write_line(f"  interrupted (Ctrl-C) while writing it: {', '.join(self.unwritten)} not "
+                                        "written" + (f" (redraw the figures with: python -m stabcheck report "
+                                                     f"{self.folder})" if REPORT_FILES not in self.unwritten else ""))
+            return
         terminalreporter.write_sep("=", f"claim report written to {self.folder}")
         terminalreporter.write_line(f"  claims.json, claims.md and {len(self.figures)} figures "
                                     f"({', '.join(p.name for p in self.figures)})")
         if self.figure_error:
             terminalreporter.write_line(f"  figures failed: {self.figure_error} "
                                         f"(redraw with: python -m stabcheck report {self.folder})")
+
+
+def _clear_previous_outputs(folder: Path) -> None:
+    """A reused report folder loses the previous run's outputs, so none stays beside the new report."""
+    from stabcheck.reporting.figures import FIGURES
+
+    for name in ("claims.json", "claims.md", "benchmark.json", *FIGURES):
+        path = folder / name
+        if path.is_file() or path.is_symlink():
+            path.unlink()
 
 
 def _benchmark_session(config):
@@ -216,7 +252,9 @@ def _write_benchmark_json(config, folder: Path) -> None:
     output = config.hook.pytest_benchmark_generate_json(
         config=config, benchmarks=benchmarks, include_data=False,
         machine_info=session.get_machine_info(), commit_info={})
-    write_atomic(folder / "benchmark.json", json.dumps(output, indent=1, default=str))  # params may be objects
+    # params may be objects (default=str); non-finite statistics as strings, so the file is standard JSON
+    write_atomic(folder / "benchmark.json", json.dumps(encode_numbers(json.loads(json.dumps(output, default=str))),
+                                                       indent=1, allow_nan=False))
 
 
 def pytest_configure(config):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import stabcheck
+from stabcheck.reporting.rows import Kind
 from stabcheck.experiments.toys import QuadraticToy, run_sgd
 
 PROBLEMS = {  # name: (constructor, n, d)
@@ -41,7 +42,8 @@ def test_sharpness_equals_true_lambda_max(claim, case):
     far below what any claim needs and above float64 rounding of d ≤ 30 sums."""
     name, seed, toy, truth = case
     sharp = claim.measure(measure_sharpness, toy, seed)
-    claim.record(measured={"a": sharp.value, "converged": sharp.converged, "matvecs": sharp.matvecs},
+    claim.record(measured={"a": Kind.SHARPNESS(sharp.value), "converged": sharp.converged,
+                           "matvecs": Kind.PRODUCTS(sharp.matvecs)},
                  expected={"a (dense eigvalsh)": truth}, seed=seed, dtype="float64", note=name)
     assert sharp.converged, f"Lanczos did not converge: residual {sharp.residual}"
     assert sharp.value == pytest.approx(truth, rel=1e-8), f"a = {sharp.value}, true λmax = {truth}"
@@ -72,6 +74,8 @@ def test_gd_bounded_below_and_grows_at_one_minus_eta_a_above(claim, case, factor
     growth = float(norms.max() / norms[0])
     claim.record(measured={"rate along top eigenvector": rate_top, "rate of norm (last 20 steps)": rate_norm,
                            "max norm(e_t)/norm(e_0)": growth, "final norm(e_T)/norm(e_0)": norms[-1] / norms[0]},
+                 kinds=dict.fromkeys(["rate along top eigenvector", "rate of norm (last 20 steps)",
+                                      "max norm(e_t)/norm(e_0)", "final norm(e_T)/norm(e_0)"], Kind.VALUE),
                  expected={"abs(1 - eta a)": expected, "2/eta": 2 / lr, "a": truth}, seed=seed, dtype="float64",
                  note=name)
     assert rate_top == pytest.approx(expected, rel=RATE_RTOL), f"top-direction rate {rate_top} vs |1−ηa| = {expected}"

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import stabcheck
+from stabcheck.reporting.rows import Kind
 from stabcheck.curvature import exact
 from stabcheck.experiments.toys import QuadraticToy, run_sgd
 
@@ -44,7 +45,8 @@ def test_identity_by_enumeration(claim, base_seed, n, batch_size, replace):
     step = torch.eye(3, dtype=torch.float64) - lr * h
     formula = step @ step + lr * lr * p * sigma
     error = float((enumerated - formula).abs().max() / formula.abs().max())
-    claim.record(measured={"max relative deviation": error, "batches": len(exact.batches(n, batch_size, replace))},
+    claim.record(measured={"max relative deviation": Kind.RELATIVE(error),
+                           "batches": Kind.COUNT(len(exact.batches(n, batch_size, replace)))},
                  expected={"p": p, "max relative deviation below": 1e-12}, seed=seed, dtype="float64")
     assert error <= 1e-12, f"E[(I−ηH_ξ)²] deviates from (I−ηH)² + η²pΣ by {error:.2e} (p = {p})"
 
@@ -91,8 +93,10 @@ def test_one_dimensional_bracket_decides_stability(claim, scalar_toy, batch_size
     squares = run.final[:, 0] ** 2
     mean, half = float(squares.mean()), Z * float(squares.std()) / math.sqrt(MC_RUNS)
     claim.record(
-        measured={"bracket (stabcheck a, s)": bracket, "theorem1 value": t1.value, "exact rho": rho,
+        measured={"bracket (stabcheck a, s)": bracket, "theorem1 value": Kind.THEOREM1(t1.value), "exact rho": rho,
                   "exact m_T": float(traces[-1]), "MC m_T": mean, "MC CI low": mean - half, "MC CI high": mean + half},
+        kinds=dict.fromkeys(["bracket (stabcheck a, s)", "exact rho", "exact m_T", "MC m_T", "MC CI low", "MC CI high"],
+                            Kind.VALUE),
         expected={"bracket^T": bracket ** MC_STEPS, "stable": factor < 1, "a": a, "s": s, "p": p, "lr": lr},
         seed=seed, dtype="float64",
     )
@@ -136,7 +140,8 @@ def test_exact_radius_never_exceeds_theorem1(claim, base_seed, offset, factor):
     rho = exact.mean_square(hessians, lr, batch_size).value
     traces = exact.propagate_second_moment(hessians, lr, batch_size, torch.eye(toy.dim), BOUNDED_STEPS)
     growth = float(traces.max() / traces[0])
-    claim.record(measured={"exact rho": rho, "theorem1 value": t1.value, "max tr S_t / tr S_0": growth},
+    claim.record(measured={"exact rho": Kind.VALUE(rho), "theorem1 value": Kind.THEOREM1(t1.value),
+                           "max tr S_t / tr S_0": Kind.VALUE(growth)},
                  expected={"rho at most": t1.value, "bounded if theorem1 value <= 1": t1.value <= 1},
                  seed=seed, dtype="float64", note=f"n={toy.n}, d={toy.dim}, B={batch_size}, lr={lr:.4g}")
     assert rho <= t1.value * (1 + 1e-9), f"exact ρ = {rho} exceeds Theorem 1's {t1.value}"
@@ -172,9 +177,11 @@ def test_theorem1_unstable_but_exactly_stable(claim, base_seed):
     squares = run.final.pow(2).sum(dim=1)
     mean, half = float(squares.mean()), Z * float(squares.std()) / math.sqrt(COUNTER_RUNS)
     claim.record(
-        measured={"theorem1 value": t1.value, "theorem1 stable": t1.stable, "exact rho": rho,
+        measured={"theorem1 value": Kind.THEOREM1(t1.value), "theorem1 stable": t1.stable, "exact rho": rho,
                   "E norm(e_1)^2 (exact)": float(traces[1]), "E norm(e_T)^2 (exact)": float(traces[-1]),
                   "E norm(e_T)^2 (MC)": mean, "MC CI low": mean - half, "MC CI high": mean + half},
+        kinds=dict.fromkeys(["exact rho", "E norm(e_1)^2 (exact)", "E norm(e_T)^2 (exact)", "E norm(e_T)^2 (MC)",
+                             "MC CI low", "MC CI high"], Kind.VALUE),
         expected={"theorem1 value above": 1, "exact rho below": 1, "T1 threshold lr": t1_threshold,
                   "exact threshold lr": exact_threshold, "lr": lr},
         seed=seed, dtype="float64",

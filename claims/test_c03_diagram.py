@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import stabcheck
+from stabcheck.reporting.rows import Kind
 from claims.measured import require_minimum
 from claims.suite import case_id
 from stabcheck.curvature.criteria import NOT_CERTIFIED
@@ -35,7 +36,7 @@ def test_learning_rate_shrinks_both_sides(claim, batch_size):
     sides = claim.measure(lambda: [box(lr, batch_size) for lr in lrs])
     a_sides, s_sides = zip(*sides)
     s_times_lr = math.sqrt(batch_size * (N - 1) / (N - batch_size))
-    claim.record(measured={"a side": a_sides, "s side": s_sides},
+    claim.record(measured={"a side": Kind.SETTING(a_sides), "s side": Kind.SETTING(s_sides)},
                  expected={"lr": lrs, "a side x lr": 2.0, "s side x lr": s_times_lr})
     assert all(x > y for x, y in zip(a_sides, a_sides[1:])), f"a side not decreasing in η: {a_sides}"
     assert all(x > y for x, y in zip(s_sides, s_sides[1:])), f"s side not decreasing in η: {s_sides}"
@@ -51,7 +52,8 @@ def test_batch_size_moves_only_the_s_side(claim, lr):
     sizes = [1, 2, 10, 100, 500, 999]
     sides = claim.measure(lambda: [box(lr, b) for b in sizes])
     a_sides, s_sides = zip(*sides)
-    claim.record(measured={"a side": a_sides, "s side": s_sides}, expected={"B": sizes, "a side": 2 / lr})
+    claim.record(measured={"a side": Kind.SETTING(a_sides), "s side": Kind.SETTING(s_sides)},
+                 expected={"B": sizes, "a side": 2 / lr})
     assert len(set(a_sides)) == 1 and a_sides[0] == pytest.approx(2 / lr), f"a side depends on B: {a_sides}"
     assert all(x < y for x, y in zip(s_sides, s_sides[1:])), f"s side not increasing in B: {s_sides}"
 
@@ -64,7 +66,7 @@ def test_s_side_tends_to_sqrt_b_over_lr(claim, batch_size):
     lr, sizes = 0.1, [10 ** 2, 10 ** 4, 10 ** 6]
     ratios = claim.measure(lambda: [stabcheck.nonuniformity_bound(lr, batch_size, n) * lr / math.sqrt(batch_size)
                                     for n in sizes])
-    claim.record(measured={"s side x lr / sqrt(B)": ratios}, expected={"n": sizes, "limit": 1.0})
+    claim.record(measured={"s side x lr / sqrt(B)": Kind.SETTING(ratios)}, expected={"n": sizes, "limit": 1.0})
     for n, ratio in zip(sizes, ratios):
         assert 1 - 1e-12 <= ratio <= 1 + (batch_size - 1) / n + 1e-12, f"n={n}: η·side/√B = {ratio}"
     assert ratios == sorted(ratios, reverse=True)
@@ -80,8 +82,9 @@ def test_gd_has_no_s_side(claim):
     gd = claim.measure(stabcheck.theorem1, problem, lr=lr, batch_size=2, tol=1e-10)
     sgd = stabcheck.theorem1(problem, lr=lr, batch_size=1, tol=1e-10)
     a = stabcheck.sharpness(problem).value
-    claim.record(measured={"s side (B=n)": stabcheck.nonuniformity_bound(lr, 2, 2), "p": stabcheck.noise_factor(2, 2),
-                           "theorem1 GD": gd.value, "theorem1 SGD B=1": sgd.value},
+    claim.record(measured={"s side (B=n)": Kind.SETTING(stabcheck.nonuniformity_bound(lr, 2, 2)),
+                           "p": Kind.SETTING(stabcheck.noise_factor(2, 2)),
+                           "theorem1 GD": Kind.THEOREM1(gd.value), "theorem1 SGD B=1": Kind.THEOREM1(sgd.value)},
                  expected={"s side (B=n)": math.inf, "p": 0.0, "(1 - eta a)^2": (1 - lr * a) ** 2})
     assert stabcheck.nonuniformity_bound(lr, 2, 2) == math.inf and stabcheck.noise_factor(2, 2) == 0.0
     assert gd.value == pytest.approx((1 - lr * a) ** 2, abs=1e-9)
@@ -96,7 +99,7 @@ def test_equal_lr_over_b_gives_nested_boxes(claim):
     lies strictly inside the smaller η's (both sides smaller): η/B alone does not fix the box."""
     settings = [(0.01, 1), (0.05, 5), (0.1, 10)]
     boxes = claim.measure(lambda: [box(lr, b) for lr, b in settings])
-    claim.record(measured={"boxes (a side, s side)": boxes}, expected={"(lr, B)": settings, "nested": True})
+    claim.record(measured={"boxes (a side, s side)": Kind.SETTING(boxes)}, expected={"(lr, B)": settings, "nested": True})
     for (a_small_lr, s_small_lr), (a_large_lr, s_large_lr) in zip(boxes, boxes[1:]):
         assert a_large_lr < a_small_lr and s_large_lr < s_small_lr, f"boxes not nested: {boxes}"
 
@@ -124,7 +127,8 @@ def test_box_sides_are_where_theorem1_reaches_one_in_d1(claim, batch_size):
         measured[name] = (stabcheck.sharpness(problem).value, stabcheck.non_uniformity(problem).value, t1.value)
         values[name + " 1% out"] = stabcheck.theorem1(two_point_toy(*outside[name], n).problem(torch.zeros(1)),
                                                       lr=lr, batch_size=batch_size, tol=1e-10).value
-    claim.record(measured={**{f"{k} (a, s, T1)": v for k, v in measured.items()}, **values},
+    claim.record(measured={**{f"{k} (a, s, T1)": Kind.VALUE(v) for k, v in measured.items()},
+                           **{k: Kind.THEOREM1(v) for k, v in values.items()}},
                  expected={"a corner (a, s, T1)": (2 / lr, 0.0, 1.0), "s corner (a, s, T1)": (1 / lr, s_side, 1.0),
                            "1% out above": 1.0}, dtype="float64")
     for name, (a, s) in corners.items():
@@ -161,9 +165,11 @@ def test_equal_lr_over_b_larger_lr_selects_flatter_minimum(claim, suite, measure
     edge_ceiling, s_over = suite.threshold("C3", "edge ceiling"), suite.threshold("C3", "s over")
     m_small, m_large = claim.measure(lambda: [measured_minimum(c) for c in (small_lr, large_lr)])
     claim.record(
-        measured={"a (smaller lr)": m_small.a.value, "a (larger lr)": m_large.a.value,
-                  "s (smaller lr)": m_small.s.value, "s (larger lr)": m_large.s.value,
-                  "a eta/2": [m_small.edge_ratio, m_large.edge_ratio], "s/bound": [m_small.s_ratio, m_large.s_ratio]},
+        measured={"a (smaller lr)": Kind.SHARPNESS(m_small.a.value), "a (larger lr)": Kind.SHARPNESS(m_large.a.value),
+                  "s (smaller lr)": Kind.NONUNIFORMITY(m_small.s.value),
+                  "s (larger lr)": Kind.NONUNIFORMITY(m_large.s.value),
+                  "a eta/2": Kind.RATIO([m_small.edge_ratio, m_large.edge_ratio]),
+                  "s/bound": Kind.RATIO([m_small.s_ratio, m_large.s_ratio])},
         expected={"a (larger lr) below a (smaller lr)": True, "2/eta": [m_small.a_bound, m_large.a_bound],
                   "s bound": [m_small.s_bound, m_large.s_bound]},
         seed=small_lr.seed, dtype=m_small.a.dtype, minima=[m_small.point(), m_large.point()],

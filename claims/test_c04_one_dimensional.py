@@ -10,6 +10,7 @@ import math
 import pytest
 
 import stabcheck
+from stabcheck.reporting.rows import Kind, Tag
 from stabcheck.experiments.toys import OneDimensionalExample, exit_steps, run_sgd
 
 LR = 0.7
@@ -35,7 +36,8 @@ def test_sharpness_nonuniformity_and_second_moment_at_the_minima(claim, x, a, s,
     nonuni = stabcheck.non_uniformity(problem, tol=1e-10)
     t1 = stabcheck.theorem1(problem, lr=LR, batch_size=1, tol=1e-10)
     gd_factor = abs(1 - LR * sharp.value)
-    claim.record(measured={"a": sharp.value, "s": nonuni.value, "E(1-eta h)^2": t1.value, "abs(1-eta a)": gd_factor},
+    claim.record(measured={"a": Kind.SHARPNESS(sharp.value), "s": Kind.NONUNIFORMITY(nonuni.value),
+                           "E(1-eta h)^2": Kind.THEOREM1(t1.value), "abs(1-eta a)": Kind.VALUE(gd_factor)},
                  expected={"a": a, "s": s, "E(1-eta h)^2": moment, "abs(1-eta a)": 0.4, "2/eta": 2 / LR},
                  dtype="float64", note=f"SGD(η={LR}, B=1) {'stable' if t1.stable else 'unstable'}")
     assert sharp.value == pytest.approx(a, abs=1e-9), f"a = {sharp.value}, paper {a}"
@@ -51,7 +53,7 @@ def test_gd_stays_at_x1(claim):
     run = claim.measure(run_sgd, OneDimensionalExample(), [START], LR, 2, STEPS)
     final = float(run.final[0, 0])
     drift = float((run.path[:, 0, 0] - 1).abs().max())
-    claim.record(measured={"final x": final, "max abs(x_t - 1)": drift},
+    claim.record(measured={"final x": Kind.VALUE(final), "max abs(x_t - 1)": Kind.VALUE(drift)},
                  expected={"final x": 1.0, "max abs(x_t - 1) below": AT_MINIMUM}, dtype="float64")
     assert abs(final - 1) < AT_MINIMUM, f"GD ended at x = {final}, not at x = 1"
     assert drift < AT_MINIMUM, f"GD strayed to |x − 1| = {drift}"
@@ -75,13 +77,14 @@ def test_sgd_leaves_x1_and_ends_at_x0(claim, base_seed):
     steps = escape[escape >= 0].double()
     growth = 0.5 * (math.log(abs(1 - LR * 0.2)) + math.log(abs(1 - LR * 3.8)))
     claim.record(
-        measured={"fraction at x=0": at_zero, "fraction that left x=1": left, "escape step median": steps.median(),
-                  "escape step 10%": steps.quantile(0.1), "escape step 90%": steps.quantile(0.9),
-                  "runs": RUNS},
+        measured={"fraction at x=0": Kind.FRACTION(at_zero), "fraction that left x=1": Kind.FRACTION(left),
+                  "escape step median": Kind.ITERATIONS(steps.median()),
+                  "escape step 10%": Kind.ITERATIONS(steps.quantile(0.1)),
+                  "escape step 90%": Kind.ITERATIONS(steps.quantile(0.9)), "runs": Kind.COUNT(RUNS)},
         expected={"fraction at x=0 at least": 0.95, "fraction that left x=1 at least": 0.95,
                   "escape step from E log abs(1-eta h)": math.log(LEFT / (START - 1)) / growth},
         seed=seed, dtype="float64",
-        figure={"sgd_paths": run.path[:, :FIGURE_RUNS, 0].T, "escape_steps": escape},
+        figure={"sgd_paths": run.path[:, :FIGURE_RUNS, 0].T, "escape_steps": escape}, tag=Tag.ONE_DIMENSIONAL,
     )
     assert left >= 0.95, f"only {left:.1%} of SGD runs left x = 1"
     assert at_zero >= 0.95, f"only {at_zero:.1%} of SGD runs ended at x = 0"

@@ -27,6 +27,8 @@ import pytest
 from claims.measured import require_minimum
 from claims.suite import case_id
 from claims.trends import paper_agreement, sharpest_found
+from stabcheck.reporting.rows import Kind
+from claims.kinds import MINIMUM
 
 pytestmark = pytest.mark.slow  # trains nets on a cold cache (minutes on the CI CPU)
 
@@ -94,8 +96,8 @@ def test_gd_solution_at_the_edge(claim, suite, measured_minimum, run_minima, gd_
     floor, ceiling = bounds_for(suite, "single", kind)
     smaller = sorted({c.lr for c in smaller_lrs(suite, run_minima, gd_config.lr, gd_config.setup.name)})
     claim.record(
-        measured={**m.measured(), "regime": kind, "sharpest GD minimum at smaller lr": sharpest,
-                  "smaller lr in this run": smaller},
+        measured={**m.measured(), "regime": kind, "sharpest GD minimum at smaller lr": Kind.SHARPNESS(sharpest),
+                  "smaller lr in this run": Kind.SETTING(smaller)}, kinds=MINIMUM,
         expected={**m.bounds(), "a eta/2 at most": ceiling, "a eta/2 at least": floor},
         seed=gd_config.seed, dtype=m.a.dtype, minimum=m.point(), grids=suite.describe())
     require_minimum(m)
@@ -125,9 +127,10 @@ def test_mean_sharpness_per_learning_rate(claim, suite, measured_minimum, run_mi
                                  suite.threshold("C5", "paper spread"), suite.threshold("C5", "paper floor"))
                  if isinstance(paper, float) else None)
     claim.record(
-        measured={"mean a": mean_a, "mean a eta/2": ratio, "a per seed": [m.a.value for m in minima],
-                  "mean s": statistics.fmean(m.s.value for m in minima),
-                  "regime": kind, "sharpest GD minimum at smaller lr": sharpest,
+        measured={"mean a": Kind.SHARPNESS(mean_a), "mean a eta/2": Kind.RATIO(ratio),
+                  "a per seed": Kind.SHARPNESS([m.a.value for m in minima]),
+                  "mean s": Kind.NONUNIFORMITY(statistics.fmean(m.s.value for m in minima)),
+                  "regime": kind, "sharpest GD minimum at smaller lr": Kind.SHARPNESS(sharpest),
                   **(agreement.entries() if agreement else {})},
         expected={"2/eta": 2 / c0.lr, "paper mean a": paper, "mean a eta/2 at most": ceiling,
                   "mean a eta/2 at least": floor},
@@ -153,7 +156,7 @@ def test_edge_regime_spans_a_wide_range(claim, suite, measured_minimum, gd_setup
     lrs = sorted({c.lr for c in configs})
     edge_lrs = [lr for lr in lrs if regime(suite, measured_minimum, frozenset(configs), lr, gd_setup)[0] == EDGE]
     span = max(edge_lrs) / min(edge_lrs) if edge_lrs else 0.0
-    claim.record(measured={"edge-regime lrs": edge_lrs, "span": span},
+    claim.record(measured={"edge-regime lrs": Kind.SETTING(edge_lrs), "span": Kind.SETTING(span)},
                  expected={"lrs": lrs, "span at least": min_span},
                  minima=[m.point() for m in minima], grids=suite.describe())
     assert span >= min_span, f"{gd_setup}: edge regime only at η = {edge_lrs} (span {span:.3g} < {min_span})"

@@ -21,6 +21,8 @@ from scipy import stats
 
 from claims.measured import require_minimum, theorem1_entries
 from claims.trends import paper_agreement
+from stabcheck.reporting.rows import Kind
+from claims.kinds import QUANTITY_KINDS
 
 pytestmark = pytest.mark.slow  # trains nets on a cold cache (minutes on the CI CPU)
 
@@ -97,12 +99,13 @@ def test_smaller_batch_selects_flatter_more_uniform_minima(claim, suite, measure
                   for group, head in ((small, heads[0]), (large, heads[1])) if isinstance(head["paper"], tuple)
                   for i, q in enumerate(QUANTITIES)]
     claim.record(
-        measured={**{f"mean {q} (B={b1}, B={b2})": means[q] for q in QUANTITIES},
+        measured={**{f"mean {q} (B={b1}, B={b2})": QUANTITY_KINDS[q](means[q]) for q in QUANTITIES},
                   **{k: v for agreement in agreements for k, v in agreement.entries().items()},
-                  **{f"p ({q} smaller at B={b1})": pvalues[q] for q in QUANTITIES},
+                  **{f"p ({q} smaller at B={b1})": Kind.P_VALUE(pvalues[q]) for q in QUANTITIES},
                   f"mean s at B={b2} beyond the bound of B={b1}": measured_binds,
-                  f"mean s/bound (B={b1})": statistics.fmean(m.s_ratio for m in small),
+                  f"mean s/bound (B={b1})": Kind.RATIO(statistics.fmean(m.s_ratio for m in small)),
                   **theorem1_columns({b1: small, b2: large})},
+        kinds={f"theorem1 (B={b})": Kind.THEOREM1 for b in (b1, b2)},
         expected={f"s bound of B={b1} binds (declared)": binds, f"s bound (B={b1})": bound,
                   f"s bound (B={b2})": large[0].s_bound, "2/eta": small[0].a_bound,
                   "test": f"one-sided Welch p < {alpha}" if binds else f"mean ratio <= {no_growth}",

@@ -15,6 +15,8 @@ import pytest
 
 from claims.measured import require_minimum
 from claims.suite import case_id
+from stabcheck.reporting.rows import Kind
+from claims.kinds import MINIMUM
 
 pytestmark = pytest.mark.slow  # trains nets on a cold cache (minutes on the CI CPU)
 
@@ -37,7 +39,7 @@ def test_sgd_solution_within_nonuniformity_bound(claim, suite, measured_minimum,
     """s ≤ 1.1 × bound for every SGD solution."""
     over = suite.threshold("C7", "over")
     m = claim.measure(measured_minimum, sgd_config)
-    claim.record(measured=m.measured(), expected={**m.bounds(), "s/bound at most": over},
+    claim.record(measured=m.measured(), kinds=MINIMUM, expected={**m.bounds(), "s/bound at most": over},
                  seed=sgd_config.seed, dtype=m.a.dtype, minimum=m.point(), grids=suite.describe())
     require_minimum(m)
     assert m.s_ratio <= over, (f"{case_id(sgd_config)}: s = {m.s.value:.4g} > {over} × bound {m.s_bound:.4g} "
@@ -53,7 +55,8 @@ def test_bound_nearly_tight_for_small_batches(claim, suite, measured_minimum, ti
     minima = claim.measure(lambda: [measured_minimum(c) for c in tight])
     ratios = [m.s_ratio for m in minima]
     mean = statistics.fmean(ratios)
-    claim.record(measured={"mean s/bound": mean, "s/bound per minimum": ratios, "max s/bound": max(ratios),
+    claim.record(measured={"mean s/bound": Kind.RATIO(mean), "s/bound per minimum": Kind.RATIO(ratios),
+                           "max s/bound": Kind.RATIO(max(ratios)),
                            "minima": [case_id(m.config) for m in minima]},
                  expected={"mean s/bound at least": floor, "paper": "s/bound up to ≈ 0.9 for small B",
                            "settings (lr, B)": suite.plan("C7").expect["tight settings"].value},

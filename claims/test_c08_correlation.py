@@ -14,6 +14,7 @@ import pytest
 from scipy import stats
 
 from claims.measured import require_minimum
+from stabcheck.reporting.rows import Kind
 
 pytestmark = pytest.mark.slow  # trains nets on a cold cache (minutes on the CI CPU)
 
@@ -47,7 +48,8 @@ def test_sharpness_and_nonuniformity_correlate(claim, suite, measured_minimum, f
     s = [m.s.value for m in minima]
     r = float(stats.pearsonr(a, s).statistic)
     ratios = [y / x for x, y in zip(a, s)]
-    claim.record(measured={"r(a, s)": r, "solutions": len(minima), "s/a min": min(ratios), "s/a max": max(ratios),
+    claim.record(measured={"r(a, s)": Kind.CORRELATION(r), "solutions": Kind.COUNT(len(minima)),
+                           "s/a min": Kind.RATIO(min(ratios)), "s/a max": Kind.RATIO(max(ratios)),
                            "setups": sorted({c.setup.name for c in family_configs})},
                  expected={"r at least": min_r, "paper r": "> 0.95"},
                  minima=[m.point() for m in minima], grids=suite.describe())

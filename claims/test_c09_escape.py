@@ -42,6 +42,8 @@ from claims.suite import case_id
 from stabcheck.curvature.criteria import NOT_CERTIFIED
 from stabcheck.curvature.threads import measurement_threads
 from stabcheck.experiments.train import full_loss, train
+from stabcheck.reporting.rows import Tag
+from claims import kinds
 
 pytestmark = pytest.mark.slow  # trains nets on a cold cache (minutes on the CI CPU)
 
@@ -230,7 +232,8 @@ def test_restart_leaves_unstable_and_keeps_stable_minima(claim, suite, measured_
     else:
         measured |= {"max relative change of a": drift, "loss rise": rise}
         expected |= {"max relative change of a": keep}
-    claim.record(measured=measured, expected=expected, seed=start.seed, dtype=m.a.dtype, trajectory=traj.as_dict(),
+    claim.record(measured=measured, kinds=kinds.escape(measured), tag=Tag.ESCAPE, expected=expected, seed=start.seed,
+                 dtype=m.a.dtype, trajectory=traj.as_dict(),
                  restart={"lr": lr, "B": batch_size, "n": n, "status": traj.status, "seconds": traj.seconds},
                  minimum=m.point(), grids=suite.describe())
     require_minimum(m)

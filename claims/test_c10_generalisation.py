@@ -21,6 +21,7 @@ from scipy.stats import binomtest
 from claims.measured import require_minimum
 from claims.suite import case_id
 from stabcheck.experiments.data import load_dataset
+from stabcheck.reporting.rows import Kind
 
 pytestmark = pytest.mark.slow  # trains nets on a cold cache (minutes on the CI CPU)
 
@@ -76,11 +77,12 @@ def test_test_accuracy_is_reported_not_judged(claim, suite, measured_minimum, py
     b = sgd[0].batch_size
     mean_sgd, mean_gd = statistics.fmean(accuracy["sgd"]), statistics.fmean(accuracy["gd"])
     claim.record(
-        measured={f"test accuracy B={b}": accuracy["sgd"], "test accuracy GD": accuracy["gd"],
-                  f"mean test accuracy B={b}": mean_sgd, "mean test accuracy GD": mean_gd,
-                  f"difference B={b} - GD (reported, not judged)": mean_sgd - mean_gd,
-                  f"mean a B={b}, GD": [statistics.fmean(m.a.value for m in minima[k]) for k in ("sgd", "gd")],
-                  "test images": size, "max p (above chance)": max(pvalues.values())},
+        measured={f"test accuracy B={b}": Kind.ACCURACY(accuracy["sgd"]), "test accuracy GD": Kind.ACCURACY(accuracy["gd"]),
+                  f"mean test accuracy B={b}": Kind.ACCURACY(mean_sgd), "mean test accuracy GD": Kind.ACCURACY(mean_gd),
+                  f"difference B={b} - GD (reported, not judged)": Kind.ACCURACY(mean_sgd - mean_gd),
+                  f"mean a B={b}, GD": Kind.SHARPNESS([statistics.fmean(m.a.value for m in minima[k])
+                                                      for k in ("sgd", "gd")]),
+                  "test images": Kind.COUNT(size), "max p (above chance)": Kind.P_VALUE(max(pvalues.values()))},
         expected={"paper": PAPER_REMARK, "chance": chance, "p below": alpha},
         minima=[m.point() for k in minima for m in minima[k]], grids=suite.describe(),
         note="C10 is a non-claim: no assertion on which minima generalise better")

@@ -16,6 +16,7 @@ from scipy.stats import binomtest
 import stabcheck
 from stabcheck.curvature.exact import mean_square_threshold, sample_hessians, theorem1_threshold
 from stabcheck.experiments.toys import AppendixBToy, run_sgd
+from stabcheck.reporting.rows import Kind, Tag
 
 LR = 0.5
 STEPS = 500
@@ -47,7 +48,7 @@ def test_per_sample_hessian_eigenvalues_at_the_minima(claim, a):
     hessians = claim.measure(sample_hessians, problem)
     evals = torch.linalg.eigvalsh(hessians)                     # ascending, per sample
     expected = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0 + 1.0 / (2 * a)]], dtype=torch.float64)
-    claim.record(measured={"eig H_1": evals[0], "eig H_2": evals[1]},
+    claim.record(measured={"eig H_1": Kind.VALUE(evals[0]), "eig H_2": Kind.VALUE(evals[1])},
                  expected={"eig H_1": expected[0], "eig H_2": expected[1]}, dtype="float64")
     torch.testing.assert_close(evals, expected, rtol=1e-12, atol=1e-12,
                                msg=lambda m: f"per-sample Hessian eigenvalues {evals.tolist()}: {m}")
@@ -61,8 +62,9 @@ def test_gd_converges_near_its_start_without_a_jump(claim):
     gd = claim.measure(run_gd, toy)
     losses = toy.loss_values(gd.path[:, 0])
     final = gd.final[0]
-    claim.record(measured={"final (a0, a1, a2)": final, "final a1+a2": a_sum(final), "final loss": losses[-1],
-                           "max loss / initial": losses.max() / losses[0], "projections": gd.projections.sum()},
+    claim.record(measured={"final (a0, a1, a2)": Kind.VALUE(final), "final a1+a2": Kind.SHARPNESS(a_sum(final)),
+                           "final loss": Kind.LOSS(losses[-1]), "max loss / initial": Kind.LOSS(losses.max() / losses[0]),
+                           "projections": Kind.COUNT(gd.projections.sum())},
                  expected={"start a1+a2": sum(START[1:]), "max loss / initial": 1.0, "projections": 0},
                  dtype="float64")
     assert float(losses[-1]) < 1e-20, f"GD did not converge: loss {float(losses[-1])}"
@@ -87,8 +89,11 @@ def test_sgd_jumps_and_converges_to_larger_a(claim, base_seed):
     q10, median, q90 = torch.quantile(ends, QUANTILES).tolist()
     claim.record(
         measured={"GD a1+a2": gd_end, "SGD a1+a2 median": median, "SGD a1+a2 10%": q10, "SGD a1+a2 90%": q90,
-                  "fraction above GD": above / RUNS, "sign test p": test.pvalue, "fraction that jumped": jumped,
-                  "max final loss": losses[-1].max(), "projections": sgd.projections.sum()},
+                  "fraction above GD": Kind.FRACTION(above / RUNS), "sign test p": Kind.P_VALUE(test.pvalue),
+                  "fraction that jumped": Kind.FRACTION(jumped), "max final loss": Kind.LOSS(losses[-1].max()),
+                  "projections": Kind.COUNT(sgd.projections.sum())},
+        kinds=dict.fromkeys(["GD a1+a2", "SGD a1+a2 median", "SGD a1+a2 10%", "SGD a1+a2 90%"], Kind.SHARPNESS),
+        tag=Tag.APPENDIX_B,
         expected={"fraction above GD at least": 0.9, "sign test p below": ALPHA, "projections": 0},
         seed=seed, dtype="float64",
         # Figure 10 of the paper: a1 + a2 along GD and a few SGD runs, every end point
@@ -120,10 +125,11 @@ def test_theorem1_gd_end_unstable_sgd_ends_stable(claim, base_seed):
     sgd_t1 = [stabcheck.theorem1(toy.problem(sgd.final[r]), lr=LR, batch_size=1, tol=1e-10) for r in picked]
     thresholds = torch.tensor([theorem1_threshold(sample_hessians(toy.problem(x)), 1) for x in sgd.final])
     claim.record(
-        measured={"T1 at GD end": gd_t1.value, "T1 at SGD ends (quantiles)": [r.value for r in sgd_t1],
-                  "T1 threshold lr at GD end": theorem1_threshold(gd_hessians, 1),
-                  "exact mean-square threshold lr at GD end": mean_square_threshold(gd_hessians, 1),
-                  "min T1 threshold lr over SGD ends": thresholds.min()},
+        measured={"T1 at GD end": Kind.THEOREM1(gd_t1.value),
+                  "T1 at SGD ends (quantiles)": Kind.THEOREM1([r.value for r in sgd_t1]),
+                  "T1 threshold lr at GD end": Kind.VALUE(theorem1_threshold(gd_hessians, 1)),
+                  "exact mean-square threshold lr at GD end": Kind.VALUE(mean_square_threshold(gd_hessians, 1)),
+                  "min T1 threshold lr over SGD ends": Kind.VALUE(thresholds.min())},
         expected={"T1 at GD end above": 1 + gd_t1.stable_tol, "T1 at SGD ends at most": 1 + gd_t1.stable_tol,
                   "min T1 threshold lr at least": LR},
         seed=seed, dtype="float64",

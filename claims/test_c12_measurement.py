@@ -20,6 +20,8 @@ from stabcheck.curvature.exact import dense_sigma, sample_hessians
 from stabcheck.curvature.operators import HessianOperator, SigmaOperator
 from stabcheck.curvature.threads import measurement_threads
 from stabcheck.experiments.toys import AppendixBToy, OneDimensionalExample, QuadraticToy
+from stabcheck.reporting.rows import Kind
+from claims.kinds import CROSS_CHECKED
 
 TOL = 1e-3        # the paper's relative tolerance (PAPER.md §3)
 MAXITER = 50      # the paper's iteration cap
@@ -62,9 +64,11 @@ def test_power_iteration_converges_on_toys(claim, base_seed, name, quantity):
     truth = float(torch.linalg.eigvalsh(pick(*dense_truth(problem))).max())
     errors = [abs(r.eigenvalue - truth) / truth for r in results]
     claim.record(
-        measured={"iterations": [r.iterations for r in results], "converged": [r.converged for r in results],
-                  "max relative error": max(errors), "eigenvalue": results[0].eigenvalue,
-                  "seconds per product": sum(r.wall_time for r in results) / sum(r.matvecs for r in results)},
+        measured={"iterations": Kind.ITERATIONS([r.iterations for r in results]),
+                  "converged": [r.converged for r in results], "max relative error": Kind.RELATIVE(max(errors)),
+                  "eigenvalue": Kind.VALUE(results[0].eigenvalue),
+                  "seconds per product": Kind.SECONDS(sum(r.wall_time for r in results) /
+                                                      sum(r.matvecs for r in results))},
         expected={"lambda_max (dense)": truth, "iterations at most": MAXITER, "relative error at most": 10 * TOL},
         seed=seed, dtype="float64", note=f"engine {results[0].engine}" if quantity == "Sigma" else "",
     )
@@ -121,12 +125,14 @@ def test_power_iteration_converges_on_trained_minima(claim, suite, measured_mini
             for q in ("H", "Sigma")}
     predicted = {q: power_error_estimate(runs[q, "power"].history) for q in ("H", "Sigma")}
     claim.record(
-        measured={f"{q} {m} iterations": r.iterations for (q, m), r in runs.items()}
+        measured={f"{q} {m} iterations": Kind.ITERATIONS(r.iterations) for (q, m), r in runs.items()}
         | {f"{q} {m} converged": r.converged for (q, m), r in runs.items()}
-        | {f"{q} power predicted error": predicted[q] for q in ("H", "Sigma")}
-        | {"lambda_max(H)": runs["H", "lanczos"].eigenvalue, "lambda_max(Sigma)": runs["Sigma", "lanczos"].eigenvalue,
-           "power vs lanczos, H": gaps["H"], "power vs lanczos, Sigma": gaps["Sigma"],
-           "seconds H": runs["H", "power"].wall_time, "seconds Sigma": runs["Sigma", "power"].wall_time},
+        | {f"{q} power predicted error": Kind.RELATIVE(predicted[q]) for q in ("H", "Sigma")}
+        | {"lambda_max(H)": Kind.SHARPNESS(runs["H", "lanczos"].eigenvalue),
+           "lambda_max(Sigma)": Kind.NONUNIFORMITY(runs["Sigma", "lanczos"].eigenvalue),
+           "power vs lanczos, H": Kind.RELATIVE(gaps["H"]), "power vs lanczos, Sigma": Kind.RELATIVE(gaps["Sigma"]),
+           "seconds H": Kind.SECONDS(runs["H", "power"].wall_time),
+           "seconds Sigma": Kind.SECONDS(runs["Sigma", "power"].wall_time)},
         expected={"iterations at most": MAXITER, "power vs lanczos at most": 10 * TOL},
         seed=base_seed, dtype=runs["H", "power"].dtype, note=f"Σ engine {runs['Sigma', 'power'].engine}",
         grids=suite.describe())
@@ -208,9 +214,11 @@ def test_measurements_agree_with_independent_recomputations(claim, suite, measur
     gaps = {f"{quantity} vs {how}": crosscheck.relative_gap(reported, other)
             for quantity, (reported, others) in checks.items() for how, other in others.items()}
     claim.record(
-        measured={**{f"reported {q}": reported for q, (reported, _) in checks.items()},
-                  **{f"{q}: {how}": other for q, (_, others) in checks.items() for how, other in others.items()},
-                  **{f"gap {k}": v for k, v in gaps.items()}, "max gap": max(gaps.values()), **cost,
+        measured={**{f"reported {q}": CROSS_CHECKED[q](reported) for q, (reported, _) in checks.items()},
+                  **{f"{q}: {how}": CROSS_CHECKED[q](other) for q, (_, others) in checks.items()
+                     for how, other in others.items()},
+                  **{f"gap {k}": Kind.RELATIVE(v) for k, v in gaps.items()}, "max gap": Kind.RELATIVE(max(gaps.values())),
+                  **{k: (Kind.SECONDS if k.startswith("seconds") else Kind.PRODUCTS)(v) for k, v in cost.items()},
                   "sigma engine": m.s.engine, "theorem1 verdict": m.theorem1.verdict,
                   "theorem1 converged": m.theorem1.converged},
         expected={"relative gap at most": limit, "finite-difference step": FD_STEP},

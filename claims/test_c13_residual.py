@@ -28,6 +28,8 @@ from scipy import stats
 from claims.measured import require_minimum
 from claims.suite import case_id
 from claims.trends import monotone_trend
+from stabcheck.reporting.rows import Kind
+from claims.kinds import MINIMUM
 
 pytestmark = pytest.mark.slow  # trains nets on a cold cache (minutes on the CI CPU)
 
@@ -59,7 +61,8 @@ def test_residual_sharpness_and_nonuniformity_correlate(claim, suite, measured_m
     min_r = suite.threshold("C13", "min r")
     minima = claim.measure(lambda: [measured_minimum(c) for c in variant_configs])
     r = float(stats.pearsonr([m.a.value for m in minima], [m.s.value for m in minima]).statistic)
-    claim.record(measured={"r(a, s)": r, "solutions": len(minima)}, expected={"r at least": min_r},
+    claim.record(measured={"r(a, s)": Kind.CORRELATION(r), "solutions": Kind.COUNT(len(minima))},
+                 expected={"r at least": min_r},
                  minima=[m.point() for m in minima], grids=suite.describe())
     for m in minima:
         require(suite, m)
@@ -92,7 +95,7 @@ def test_residual_bounds(claim, suite, measured_minimum, residual_config):
     broken = [f"a·η/2 = {m.edge_ratio:.3g}"] * (m.edge_ratio > 1) + [f"s/bound = {m.s_ratio:.3g}"] * (m.s_ratio > 1)
     note = ("known exception (BatchNorm: eval-mode Hessian of a net trained in train mode): "
             + (", ".join(broken) if broken else "no bound broken here")) if with_bn else ""
-    claim.record(measured={**m.measured(), "final eval loss": m.minimum.record["final_loss"]},
+    claim.record(measured={**m.measured(), "final eval loss": Kind.LOSS(m.minimum.record["final_loss"])}, kinds=MINIMUM,
                  expected={**m.bounds(), "a eta/2 at most": None if with_bn else edge_ceiling,
                            "s/bound at most": None if with_bn else s_over},
                  seed=residual_config.seed, dtype=m.a.dtype, note=note, minimum=m.point(), grids=suite.describe())

@@ -22,6 +22,8 @@ import pytest
 from claims.measured import require_minimum
 from claims.suite import case_id
 from claims.trends import monotone_trend, sharpest_found
+from stabcheck.reporting.rows import Kind
+from claims.kinds import MINIMUM
 
 pytestmark = pytest.mark.slow  # trains nets on a cold cache (minutes on the CI CPU)
 
@@ -72,8 +74,9 @@ def test_heavy_ball_gd_at_its_edge(claim, suite, measured_minimum, hb_config):
     bound = heavy_ball_bound(hb_config)
     ratio = m.a.value / bound
     edge, sharpest = regime(suite, measured_minimum, hb_config)
-    claim.record(measured={**m.measured(), "a/(2(1+mu)/eta)": ratio, "regime": "edge" if edge else "landscape-limited",
-                           "sharpest full-batch minimum elsewhere": sharpest},
+    claim.record(measured={**m.measured(), "a/(2(1+mu)/eta)": Kind.RATIO(ratio),
+                           "regime": "edge" if edge else "landscape-limited",
+                           "sharpest full-batch minimum elsewhere": Kind.SHARPNESS(sharpest)}, kinds=MINIMUM,
                  expected={"2(1+mu)/eta": bound, **m.bounds(), "ratio at most": ceiling,
                            "ratio at least": floor if edge else None},
                  seed=hb_config.seed, dtype=m.a.dtype, minimum=m.point(), grids=suite.describe())
@@ -94,9 +97,10 @@ def test_heavy_ball_gd_mean_sharpness(claim, suite, measured_minimum, hb_group):
     bound = heavy_ball_bound(hb_group[0])
     ratio = statistics.fmean(m.a.value for m in minima) / bound
     edge, sharpest = regime(suite, measured_minimum, hb_group[0])
-    claim.record(measured={"mean a": ratio * bound, "mean a/(2(1+mu)/eta)": ratio,
-                           "a per seed": [m.a.value for m in minima], "regime": "edge" if edge else "landscape-limited",
-                           "sharpest full-batch minimum elsewhere": sharpest},
+    claim.record(measured={"mean a": Kind.SHARPNESS(ratio * bound), "mean a/(2(1+mu)/eta)": Kind.RATIO(ratio),
+                           "a per seed": Kind.SHARPNESS([m.a.value for m in minima]),
+                           "regime": "edge" if edge else "landscape-limited",
+                           "sharpest full-batch minimum elsewhere": Kind.SHARPNESS(sharpest)},
                  expected={"2(1+mu)/eta": bound, "ratio at most": ceiling, "ratio at least": floor if edge else None},
                  minima=[m.point() for m in minima], grids=suite.describe())
     for m in minima:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from scipy import stats
 
 from claims.measured import MeasuredMinimum
+from stabcheck.reporting.rows import Kind
 
 
 def sharpest_found(minima: list[MeasuredMinimum]) -> float:
@@ -30,8 +31,9 @@ def monotone_trend(minima: list[MeasuredMinimum], setting: str, rising: bool, al
         means = [statistics.fmean(v for m, v in zip(minima, values) if getattr(m.config, setting) == x) for x in levels]
         tau = stats.kendalltau([getattr(m.config, setting) for m in minima], values,
                                alternative="greater" if rising else "less")
-        measured |= {f"mean {q} per {setting}": means, f"kendall tau ({setting}, {q})": float(tau.statistic),
-                     f"p ({q} {direction} with {setting})": float(tau.pvalue)}
+        kind = Kind.SHARPNESS if q == "a" else Kind.NONUNIFORMITY
+        measured |= {f"mean {q} per {setting}": kind(means), f"kendall tau ({setting}, {q})": Kind.CORRELATION(
+                     float(tau.statistic)), f"p ({q} {direction} with {setting})": Kind.P_VALUE(float(tau.pvalue))}
         if not all((x < y) if rising else (x > y) for x, y in zip(means, means[1:])):
             failures.append(f"mean {q} does not move with {setting} as claimed: {levels} → {[round(x, 4) for x in means]}")
         if not tau.pvalue < alpha:
@@ -58,8 +60,8 @@ class PaperAgreement:
         return abs(self.ours - self.paper) <= self.tolerance
 
     def entries(self) -> dict:
-        return {f"{self.what}: ours - paper": self.ours - self.paper, f"{self.what}: allowed": self.tolerance,
-                f"{self.what}: seed sd": self.sd}
+        return {f"{self.what}: ours - paper": Kind.AGREEMENT(self.ours - self.paper),
+                f"{self.what}: allowed": Kind.AGREEMENT(self.tolerance), f"{self.what}: seed sd": Kind.AGREEMENT(self.sd)}
 
     def message(self) -> str:
         return (f"{self.what}: ours {self.ours:.4g} vs the paper's {self.paper:.4g}, difference "

@@ -13,6 +13,8 @@ import json
 import math
 import os
 import re
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -447,3 +449,294 @@ def test_bad_input(row, ws):
 def test_every_item_of_the_issue_has_a_row():
     assert {r.id.split("-")[0] for r in ROWS} == {"1", "2", "4", "5", "6", "7"}
     assert len({r.id for r in ROWS}) == len(ROWS)
+
+
+# ---- claims runs and their reports: compare, report, the claims' pytest options -------------------
+ROOT = Path(__file__).resolve().parent.parent
+PASSED_ROW = {"claim": "C5", "test": "claims/t.py::x", "case": "x", "outcome": "passed",
+              "measured": {"a": 20.0, "s": 5.0, "a per seed": [0.05]}}
+
+
+@dataclass(frozen=True)
+class CompareSays:
+    """``compare BASE RUN`` exits with ``status``; 1: the regression table names ``match``; 2: one ``error:``
+    line matching ``match``."""
+
+    status: int
+    match: str
+
+
+@dataclass(frozen=True)
+class PytestRefuses:
+    """A claims run with these options stops at start-up with pytest's usage error (exit 4) matching ``match``."""
+
+    match: str
+
+
+def _run_folder(ws, name: str, data) -> str:
+    folder = ws.tmp / name
+    folder.mkdir()
+    (folder / "claims.json").write_text(data if isinstance(data, str) else json.dumps(data))
+    return str(folder)
+
+
+def _compare_doctored(change, base_change=None):
+    """compare's argv for the passed row above against a copy changed by ``change(row, data)``."""
+    def feed(ws):
+        base, run = json.loads(json.dumps(PASSED_ROW)), json.loads(json.dumps(PASSED_ROW))
+        base_data, run_data = {"rows": [base]}, {"rows": [run]}
+        if base_change:
+            base_change(base, base_data)
+        change(run, run_data)
+        return ["compare", _run_folder(ws, "base", base_data), _run_folder(ws, "run", run_data)]
+    return feed
+
+
+def _set(key, value):
+    def change(row, data):
+        row["measured"][key] = value
+    return change
+
+
+def _drop_row_keep_case(row, data):
+    data["cases"] = [{k: row[k] for k in ("claim", "test", "case", "outcome")}]
+    data["rows"] = []
+
+
+def _add_failed_twin(row, data):
+    data["rows"].append(dict(row, outcome="failed", measured=dict(row["measured"], a=60.0)))
+
+
+def _malformed(row_change):
+    def feed(ws):
+        run = json.loads(json.dumps(PASSED_ROW))
+        row_change(run)
+        return ["compare", _run_folder(ws, "base", {"rows": [PASSED_ROW]}), _run_folder(ws, "run", {"rows": [run]})]
+    return feed
+
+
+def _markdown_under_a_file(ws):
+    folder = _run_folder(ws, "base", {"rows": [PASSED_ROW]})
+    return ["compare", folder, folder, "--markdown", ws.file("plain", b"x") + "/compare.md"]
+
+
+def _deeply_nested(ws):
+    folder = _run_folder(ws, "base", {"rows": [PASSED_ROW]})
+    return ["compare", folder, _run_folder(ws, "run", "[" * 100_000 + "]" * 100_000)]
+
+
+def _report_of(minimum_change=None, figure=None):
+    """report's argv for a run whose one minimum is changed by ``minimum_change``."""
+    def feed(ws):
+        minimum = {"label": "fnn-lr=0.1-B=10-seed=0", "setup": "fnn", "lr": 0.1, "B": 10, "n": 100, "mu": 0.0,
+                   "a": 15.0, "s": 20.0}
+        if minimum_change:
+            minimum_change(minimum)
+        rows = [dict(PASSED_ROW, minimum=minimum)]
+        if figure:
+            rows.append(figure)
+        folder = _run_folder(ws, "run", json.dumps({"rows": rows}))
+        return ["report", folder]
+    return feed
+
+
+def _minimum_with(key, value):
+    def change(m):
+        m[key] = value
+    return change
+
+
+def _no_escape_is_drawn(ws):
+    one_dimensional = {"claim": "C4", "test": "claims/t.py::escape", "outcome": "passed", "measured": {},
+                       "tag": "one-dimensional escape", "figure": {"sgd_paths": [[1.0, 1.0, 1.0]], "escape_steps": []}}
+    folder = _run_folder(ws, "run", {"rows": [one_dimensional]})
+    assert run_cli(["report", folder]) == 0, ws.capsys.readouterr().err
+    assert (Path(folder) / "one_dimensional.png").is_file()
+
+
+def _figure_path_is_a_directory(ws):
+    argv = _report_of()(ws)
+    (Path(argv[1]) / "diagram.png").mkdir()
+    return argv
+
+
+def _inner_claims_run(ws, test_source: str, *args: str):
+    """A claims run (the project's root conftest) of ``test_source`` in its own folder; its result and report."""
+    folder = ws.tmp / "inner"
+    folder.mkdir(exist_ok=True)
+    (folder / "conftest.py").write_text((ROOT / "conftest.py").read_text())
+    (folder / "test_inner.py").write_text(test_source)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")} | {"PYTHONPATH": str(ROOT)}
+    plugins = () if "-n" in args else ("-p", "no:xdist")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *plugins, "-q", "test_inner.py",
+                             "--report-dir", str(folder / "report"), *args], cwd=folder, env=env,
+                            capture_output=True, text=True, timeout=600)
+    return result, folder / "report"
+
+
+ONE_CASE = '''
+import pytest
+from stabcheck.reporting.rows import Kind
+
+@pytest.mark.claim("C1")
+def test_one(claim, device):
+    claim.record(measured={"x": Kind.VALUE(1.0), "bound": Kind.SETTING(float("inf"))}, expected={"y": float("nan")})
+'''
+
+
+def _pytest_args(*args):
+    def feed(ws):
+        (ws.tmp / "plain").write_text("x")
+        return [a.replace("FILE", str(ws.tmp / "plain")) for a in args]
+    return feed
+
+
+def _report_is_standard_json(ws):
+    result, report = _inner_claims_run(ws, ONE_CASE)
+    assert result.returncode == 0, result.stdout[-2000:]
+    data = _strict_json((report / "claims.json").read_text())
+    assert data["rows"][0]["measured"]["bound"] == "Infinity" and data["rows"][0]["expected"]["y"] == "NaN"
+    from stabcheck.reporting.runs import load_run
+
+    assert load_run(report).rows[data["rows"][0]["test"]].measured["bound"] == math.inf
+
+
+def _reused_report_folder_loses_the_previous_outputs(ws):
+    report = ws.tmp / "inner" / "report"
+    report.mkdir(parents=True)
+    for stale in ("benchmark.json", "escape.png", "diagram.png"):
+        (report / stale).write_text("previous run")
+    (report / "notes.txt").write_text("the user's own")
+    result, report = _inner_claims_run(ws, ONE_CASE, "--benchmark-disable")
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert sorted(p.name for p in report.iterdir()) == ["claims.json", "claims.md", "notes.txt"]
+
+
+CRASH = '''
+import os, signal
+import pytest
+from stabcheck.reporting.rows import Kind
+
+@pytest.mark.claim("C1")
+@pytest.mark.parametrize("x", [1, 2])
+def test_fine(claim, x):
+    claim.record(measured={"x": Kind.VALUE(x)}, expected={})
+
+@pytest.mark.claim("C2")
+def test_worker_dies(claim):
+    os.kill(os.getpid(), signal.SIGKILL)
+'''
+
+
+def _crashed_worker_is_a_failed_case(ws):
+    result, report = _inner_claims_run(ws, CRASH, "-n", "2")
+    assert result.returncode == 1, result.stdout[-2000:]
+    cases = {c["test"].split("::")[1]: c for c in json.loads((report / "claims.json").read_text())["cases"]}
+    crashed = cases["test_worker_dies"]
+    assert crashed["outcome"] == "failed" and crashed["reason"].startswith("worker crashed"), crashed
+    assert [s["verdict"] for s in json.loads((report / "claims.json").read_text())["summary"]] == ["passed", "failed"]
+    assert "Cases that did not finish" in (report / "claims.md").read_text()
+
+
+CTRL_C_AT_THE_END = '''
+import os, signal, time
+import pytest
+import stabcheck.reporting.figures as figures
+from stabcheck.reporting.rows import Kind
+
+
+def ctrl_c(folder):  # the user's Ctrl-C arrives while the figures are drawn
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)
+
+
+figures.draw_all = ctrl_c
+
+
+@pytest.mark.claim("C1")
+def test_last(claim):
+    claim.measure(lambda: 1)
+    claim.record(measured={"x": Kind.VALUE(1)}, expected={})
+'''
+
+
+def _ctrl_c_after_the_last_test_says_what_was_not_written(ws):
+    result, report = _inner_claims_run(ws, CTRL_C_AT_THE_END)
+    out = result.stdout + result.stderr
+    assert result.returncode == pytest.ExitCode.INTERRUPTED and "Traceback" not in out, out[-3000:]
+    assert (report / "claims.json").is_file() and (report / "benchmark.json").is_file()
+    assert "NOT complete" in out and "figures not written" in out, out[-3000:]
+
+
+RUN_ROWS = [
+    # compare: every non-number, missing or duplicated entry is what it is
+    Row("compare-a-becomes-infinite", _compare_doctored(_set("a", math.inf)), CompareSays(1, r"moved\s+a\s+20 .*inf")),
+    Row("compare-a-was-infinite", _compare_doctored(_set("a", 20.0), _set("a", math.inf)), CompareSays(1, r"moved\s+a ")),
+    Row("compare-a-becomes-null", _compare_doctored(_set("a", None)), CompareSays(1, r"moved\s+a .*not a number: null")),
+    Row("compare-a-becomes-a-string", _compare_doctored(_set("a", "20")), CompareSays(1, r"moved\s+a .*not a number")),
+    Row("compare-a-becomes-true", _compare_doctored(_set("a", True)), CompareSays(1, r"moved\s+a .*not a number: true")),
+    Row("compare-list-entry-becomes-null", _compare_doctored(_set("a per seed", [None])),
+        CompareSays(1, r"moved\s+a per seed .*not a number: \[null\]")),
+    Row("compare-row-gone-case-passed", _compare_doctored(_drop_row_keep_case),
+        CompareSays(1, r"missing quantity .*the case passed but recorded no row")),
+    Row("compare-second-row-of-one-test", _compare_doctored(_add_failed_twin),
+        CompareSays(1, r"x\s+duplicate row .*the run holds two rows of this test")),
+    Row("compare-measured-is-a-list", _malformed(lambda r: r.update(measured=[1.0])),
+        CompareSays(2, r"row claims/t\.py::x: 'measured' is a list, not an object")),
+    Row("compare-outcome-is-an-int", _malformed(lambda r: r.update(outcome=1)),
+        CompareSays(2, r"lacks claim, test or outcome as strings")),
+    Row("compare-outcome-is-null", _malformed(lambda r: r.update(outcome=None)),
+        CompareSays(2, r"lacks claim, test or outcome as strings")),
+    Row("compare-markdown-under-a-file", _markdown_under_a_file,
+        CompareSays(2, r"--markdown .*compare\.md: the folder .*plain does not exist or is not a folder")),
+    Row("compare-json-nested-too-deep", _deeply_nested, CompareSays(2, r"cannot be read as JSON \(nested too deeply\)")),
+    Row("report-json-is-standard", _report_is_standard_json, Behaves()),
+    # the claims' options, checked at start-up
+    Row("options-device-banana", _pytest_args("--device", "banana"), PytestRefuses(r"--device banana: 'banana' is not a torch device")),
+    Row("options-device-upper-case-cuda", _pytest_args("--device", "CUDA"), PytestRefuses(r"--device CUDA: 'CUDA' is not a torch device")),
+    Row("options-device-mps", _pytest_args("--device", "mps"), PytestRefuses(r"--device mps: ")),
+    Row("options-device-meta", _pytest_args("--device", "meta"), PytestRefuses(r"--device meta: device 'meta' holds no values")),
+    Row("options-report-dir-is-a-file", _pytest_args("--report-dir", "FILE"), PytestRefuses(r"--report-dir .*plain is a file, not a folder")),
+    Row("options-report-dir-under-a-file", _pytest_args("--report-dir", "FILE/r"), PytestRefuses(r"--report-dir .*plain/r lies under the file")),
+    Row("options-cache-dir-is-a-file", _pytest_args("--cache-dir", "FILE"), PytestRefuses(r"--cache-dir .*plain is a file, not a folder")),
+    Row("options-cache-dir-under-a-file", _pytest_args("--cache-dir", "FILE/c"), PytestRefuses(r"--cache-dir .*plain/c lies under the file")),
+    Row("options-budget-beyond-the-timer", _pytest_args("--budget", "99999999999999999999h"), PytestRefuses(r"--budget: .* longer than a year")),
+    Row("options-seeds-superscript-digit", _pytest_args("--seeds-per-setting", "³"), PytestRefuses(r"--seeds-per-setting .* must be a positive integer, got '³'")),
+    # runs reported as what they are
+    Row("run-reused-report-dir-loses-the-previous-outputs", _reused_report_folder_loses_the_previous_outputs, Behaves()),
+    Row("run-crashed-worker-is-a-failed-case", _crashed_worker_is_a_failed_case, Behaves()),
+    Row("run-ctrl-c-after-the-last-test", _ctrl_c_after_the_last_test_says_what_was_not_written, Behaves()),
+    # report: a clear error or the right figure
+    Row("report-a-is-nan", _report_of(_minimum_with("a", math.nan)), CliRefuses(r"minimum fnn-lr=0\.1-B=10-seed=0 of .*: a = NaN is not")),
+    Row("report-a-is-infinite", _report_of(_minimum_with("a", math.inf)), CliRefuses(r": a = Infinity is not a non-negative finite number")),
+    Row("report-a-is-null", _report_of(_minimum_with("a", None)), CliRefuses(r": a = null is not a non-negative finite number")),
+    Row("report-lr-zero", _report_of(_minimum_with("lr", 0)), CliRefuses(r": lr = 0 is not a positive finite number")),
+    Row("report-b-null", _report_of(_minimum_with("B", None)), CliRefuses(r": B = null is not a positive finite number")),
+    Row("report-no-run-escaped", _no_escape_is_drawn, Behaves()),
+    Row("report-figure-path-is-a-directory", _figure_path_is_a_directory,
+        CliRefuses(r"cannot write the figure .*diagram\.png \(Is a directory\)")),
+]
+
+
+@pytest.mark.parametrize("row", RUN_ROWS, ids=[r.id for r in RUN_ROWS])
+def test_bad_run_input(row, ws):
+    expect = row.expect
+    if isinstance(expect, CompareSays):
+        argv = row.feed(ws)
+        ws.capsys.readouterr()
+        code = run_cli(argv)
+        out, err = ws.capsys.readouterr()
+        assert code == expect.status, out + err
+        if code == 2:
+            lines = err.strip().splitlines()
+            assert out == "" and len(lines) == 1 and lines[0].startswith("error: "), err
+            assert re.search(expect.match, lines[0]), lines[0]
+        else:
+            assert re.search(expect.match, out.split("Regressions")[1]), out
+    elif isinstance(expect, PytestRefuses):
+        result, _ = _inner_claims_run(ws, ONE_CASE, *row.feed(ws))
+        assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stdout[-2000:] + result.stderr[-2000:]
+        assert "ERROR: " in result.stderr and re.search(expect.match, result.stderr), result.stderr[-2000:]
+        assert "Traceback" not in result.stdout + result.stderr
+    else:
+        test_bad_input(row, ws)

@@ -2,6 +2,7 @@
 and the report of runs that stop early (inner pytest runs via ``pytester``)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -18,6 +19,7 @@ from stabcheck.reporting.report import render_markdown, summarise
 pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parent.parent
+XDIST_ENV = ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID")
 
 
 @pytest.mark.parametrize("name", ["small", "paper"], ids=["small-profile", "paper-profile"])
@@ -94,6 +96,22 @@ def test_durations():
             parse_duration(bad)
 
 
+def test_minima_cache_defaults_to_the_users_cache_folder(monkeypatch, tmp_path):
+    """Outside the checkout, so paper-scale minima survive a new clone: STABCHECK_CACHE_DIR, else
+    $XDG_CACHE_HOME/stabcheck/minima, else ~/.cache/stabcheck/minima."""
+    spec = importlib.util.spec_from_file_location("root_conftest", ROOT / "conftest.py")
+    root_conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(root_conftest)
+    monkeypatch.setenv("STABCHECK_CACHE_DIR", "/elsewhere")
+    assert root_conftest.default_cache_dir() == "/elsewhere"
+    monkeypatch.delenv("STABCHECK_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert root_conftest.default_cache_dir() == str(tmp_path / "stabcheck" / "minima")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert root_conftest.default_cache_dir() == str(tmp_path / "home" / ".cache" / "stabcheck" / "minima")
+
+
 def test_summary_verdicts_and_markdown_order():
     cases = [{"claim": "C1", "test": "a", "case": "", "outcome": "passed"},
              {"claim": "C2", "test": "b", "case": "", "outcome": "failed"},
@@ -108,22 +126,28 @@ def test_summary_verdicts_and_markdown_order():
 
 
 def _inner_run(pytester, monkeypatch, test_source: str, *args):
-    """An inner pytest run with the project's own root conftest (options and claims plugins)."""
+    """An inner pytest run with the project's own root conftest (options and claims plugins), the same
+    however the outer run was started: an outer ``-n`` worker's environment would switch pytest-benchmark
+    off in the inner run, so it is removed, and xdist loads only where ``args`` ask for workers."""
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    for name in XDIST_ENV:
+        monkeypatch.delenv(name, raising=False)
     pytester.makeconftest((ROOT / "conftest.py").read_text())
     pytester.makepyfile(test_inner=test_source)
     report = pytester.path / "report"
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--report-dir", str(report), *args)
+    plugins = () if "-n" in args else ("-p", "no:xdist")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *plugins, "--report-dir", str(report), *args)
     return result, report
 
 
 INTERRUPTED = '''
 import pytest
+from stabcheck.reporting.rows import Kind
 
 @pytest.mark.claim("C1")
 def test_done(claim):
     claim.measure(lambda: 1)
-    claim.record(measured={"x": 1}, expected={"x": 1})
+    claim.record(measured={"x": Kind.VALUE(1)}, expected={"x": 1})
 
 @pytest.mark.claim("C1")
 def test_interrupted(claim):
@@ -152,13 +176,48 @@ def test_interrupted_serial_run_still_writes_its_report(pytester, monkeypatch):
     assert [(s["claim"], s["verdict"]) for s in data["summary"]] == [("C1", "partial"), ("C2", "not run")]
 
 
+PARALLEL = '''
+import pytest
+from stabcheck.reporting.rows import Kind
+
+@pytest.mark.claim("C1")
+@pytest.mark.parametrize("x", [1, 2, 3, 4])
+def test_recorded(claim, x):
+    claim.measure(lambda: x)
+    claim.record(measured={"x": Kind.VALUE(x)}, expected={"x": x})
+'''
+
+
+def test_parallel_run_reports_every_case_of_every_worker(pytester, monkeypatch):
+    """The README's ``-n`` path: two workers, every row reaches the controller's report, and no
+    benchmark.json is written (pytest-benchmark is off under xdist)."""
+    result, report = _inner_run(pytester, monkeypatch, PARALLEL, "-n", "2")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    data = json.loads((report / "claims.json").read_text())
+    assert sorted(r["measured"]["x"] for r in data["rows"]) == [1, 2, 3, 4]
+    assert {c["outcome"] for c in data["cases"]} == {"passed"} and len(data["cases"]) == 4
+    assert not (report / "benchmark.json").exists()
+
+
+def test_harness_tests_pass_under_xdist():
+    """The harness tests that start inner runs pass when the outer run has workers too (an outer worker's
+    environment once switched pytest-benchmark off inside them)."""
+    env = {k: v for k, v in os.environ.items() if k not in XDIST_ENV}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-n", "2",
+                             f"{Path(__file__).relative_to(ROOT)}", "-k", "interrupted_serial or budget_interrupts"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "2 passed" in result.stdout, result.stdout[-3000:]
+
+
 BUDGET = '''
 import time
 import pytest
+from stabcheck.reporting.rows import Kind
 
 @pytest.mark.claim("C1")
 def test_quick(claim):
-    claim.record(measured={"x": 1}, expected={"x": 1})
+    claim.record(measured={"x": Kind.VALUE(1)}, expected={"x": 1})
 
 @pytest.mark.claim("C2")
 def test_slow(claim):
@@ -205,7 +264,8 @@ def test_shares_a_minimum_and_adds_an_unmeasured_one(config):
 def test_cost_estimate_from_measurements_at_collection(pytester, monkeypatch):
     """Two paper FNN minima at η = 0.1, B = 10: 2 × (90 s training + 10 s measuring) = 3m 20s; C7 shares
     one of them and adds a setting without a training measurement."""
-    result, _ = _inner_run(pytester, monkeypatch, ESTIMATE, "--scale", "paper", "--collect-only", "-q")
+    result, _ = _inner_run(pytester, monkeypatch, ESTIMATE, "--scale", "paper", "--collect-only", "-q",
+                           "--cache-dir", str(pytester.path / "empty-cache"))   # nothing cached, wherever it runs
     out = result.stdout.str()
     assert "C6     2 cases, 2 minima (0 cached): ≈ 3m 20s" in out, out
     assert "C7     2 cases, 1 minimum (0 cached): ≥ 10 s + 1 part unmeasured" in out, out
@@ -241,7 +301,8 @@ def test_paper_numbers_are_asserted_where_the_profile_has_them(tmp_path, pytestc
                  if s["claim"] == "C6")
     ours = {None if h["what"].endswith("=n") else int(h["what"].rpartition("=")[2]): tuple(h["ours"]) for h in heads}
     (tmp_path / "paper_numbers.py").write_text(PAPER_NUMBERS_PLUGIN.format(scale=scale, ours=ours))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    env = {**{k: v for k, v in os.environ.items() if k not in XDIST_ENV},
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
     result = subprocess.run([sys.executable, "-m", "pytest", "-p", "paper_numbers", "-p", "no:cacheprovider", "-q",
                              "claims/test_c06_batch_size.py", "--report-dir", str(tmp_path / "report"),
                              "--cache-dir", pytestconfig.getoption("--cache-dir")],

@@ -1,11 +1,13 @@
 """``python -m stabcheck measure``: a saved model's numbers, and clear errors for bad input."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 import stabcheck
 from stabcheck.reporting.cli import main
+from stabcheck.reporting.rows import upgrade_report
 from stabcheck.experiments.models import build_model
 
 
@@ -66,3 +68,19 @@ def test_measure_bad_input_gets_a_clear_error(saved, capsys, change, message):
 def test_measure_refuses_batch_size_outside_range(saved, capsys):
     assert main(_args(saved[0], "--batch-size", "13")) == 2
     assert "--batch-size must lie in [1, n=12]" in capsys.readouterr().err
+
+
+REFERENCE = Path(__file__).resolve().parent.parent / "reports" / "reference" / "claims.json"
+
+
+def test_report_finds_the_rows_of_each_figure_by_tag_not_by_test_name(tmp_path, capsys):
+    """``report`` draws the reference's five figures; rows that carry their tag keep their figures when
+    the tests are renamed (rows without tags are found by the documented test names)."""
+    data = upgrade_report(json.loads(REFERENCE.read_text()))
+    for row in data["rows"]:
+        module, _, name = row["test"].partition("::")
+        row["test"] = f"{module}::renamed_{name}"
+    (tmp_path / "claims.json").write_text(json.dumps(data))
+    assert main(["report", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == \
+        ["appendix_b.png", "diagram.png", "escape.png", "gd_edge.png", "one_dimensional.png"]

@@ -1,11 +1,16 @@
 """``python -m stabcheck compare``: regressions between two claims runs, on the committed reference report."""
 import json
+import math
 import shutil
 from pathlib import Path
 
 import pytest
 
 from stabcheck.reporting.cli import main
+from stabcheck.reporting.diff import compare_runs
+from stabcheck.reporting.rows import ClaimRow, Kind, has_numbers, legacy_kind, upgrade_report
+from stabcheck.reporting.runs import Run
+from stabcheck.reporting.tolerance import KIND_RULES, NOT_NUMBERS, Tolerances
 
 REFERENCE = Path(__file__).resolve().parent.parent / "reports" / "reference" / "claims.json"
 MOVED_CASE = "claims/test_c05_gd_edge.py::test_gd_solution_at_the_edge[fnn_gd-lr=0.1-B=n-seed=0]"
@@ -54,6 +59,16 @@ def _doctor(rows, data):
     rows[FAILED_CASE]["outcome"] = "failed"
     rows[MOVED_CASE]["measured"]["a"] *= 1.05
     data["rows"].remove(rows[MISSING_CASE])
+
+
+@pytest.mark.parametrize("quantity", ["a", "s"])
+def test_five_percent_move_of_a_or_s_is_a_regression(tmp_path, capsys, quantity):
+    def move(rows, data):
+        rows[MOVED_CASE]["measured"][quantity] *= 1.05
+
+    status, out, _ = _compare(capsys, _copy(tmp_path, "base"), _copy(tmp_path, "run", move))
+    assert status == 1 and "1 regression:" in out
+    assert [line for line in out.splitlines() if " moved " in line and f" {quantity} " in line and "+5.0%" in line]
 
 
 def test_doctored_copy_reports_verdict_moved_value_and_missing_case(tmp_path, capsys):
@@ -150,7 +165,89 @@ def test_bad_folder_is_an_error_with_status_2(tmp_path, capsys, make, message):
     assert err.startswith("error: ") and message in err
 
 
-def test_bad_rtol_for_is_refused_by_the_parser(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["compare", str(tmp_path), str(tmp_path), "--rtol-for", "theorem1"])
-    assert exit_info.value.code == 2 and "expected QUANTITY=RTOL" in capsys.readouterr().err
+def test_bad_rtol_for_is_an_error_with_status_2(tmp_path, capsys):
+    status, out, err = _compare(capsys, tmp_path, tmp_path, "--rtol-for", "theorem1")
+    assert status == 2 and out == "" and err.startswith("error: --rtol-for 'theorem1': expected KIND=RTOL")
+
+
+def test_rtol_for_a_kind_applies_to_every_value_of_that_kind(tmp_path, capsys):
+    def move(rows, data):
+        rows[EDGE_CASE]["measured"]["theorem1"] *= 1.10
+
+    base, run = _copy(tmp_path, "base"), _copy(tmp_path, "run", move)
+    assert _compare(capsys, base, run)[0] == 0                             # theorem1: 15%
+    assert _compare(capsys, base, run, "--rtol-for", "theorem1=0.05")[0] == 1  # the kind's name
+    assert _compare(capsys, base, run, "--rtol-for", "sharpness=0.05")[0] == 0  # another kind
+
+
+def _kind_row(measured: dict, kinds: dict) -> dict:
+    return ClaimRow("C0", "claims/t.py::kinds", "passed", measured=measured,
+                    kinds={k: v.value for k, v in kinds.items()}).as_json()
+
+
+def _moved(kind: Kind, value: float, factor: float) -> float:
+    """``value`` moved up by ``factor`` × its kind's tolerance (|Δ| = rtol·max(old, new) at factor 1)."""
+    rtol = KIND_RULES[kind][0]
+    rtol = Tolerances().rtol if rtol is None else rtol
+    return value + (1.0 if kind == Kind.COUNT else value * factor * rtol / (1 - rtol))
+
+
+NUMERIC_KINDS = [k for k in Kind if k not in NOT_NUMBERS]
+
+
+@pytest.mark.parametrize("kind", NUMERIC_KINDS, ids=[k.value for k in NUMERIC_KINDS])
+def test_a_move_beyond_its_kinds_tolerance_is_flagged_in_every_kind(kind):
+    """Every numeric kind: a move of 1.5× its tolerance is a regression, and one of half of it is not;
+    the kinds that are not compared (inf) stay silent at any move."""
+    value = 3.0   # above every kind's scale
+    rtol = KIND_RULES[kind][0]
+
+    def compared(new):
+        base = Run.from_json({"rows": [_kind_row({"x": value}, {"x": kind})]}, "base")
+        run = Run.from_json({"rows": [_kind_row({"x": new}, {"x": kind})]}, "run")
+        return [f.kind for f in compare_runs(base, run).regressions]
+
+    if rtol is not None and math.isinf(rtol):
+        assert compared(value * 100) == []
+        return
+    assert compared(_moved(kind, value, 1.5)) == ["moved"]
+    assert compared(_moved(kind, value, 0.5) if kind != Kind.COUNT else value) == []
+
+
+def test_no_reference_value_falls_back_to_a_default_kind():
+    """Every value of reports/reference has the kind meant for it: rows with kinds name one for every
+    value, and the names of rows without kinds are all in the documented map (rows.LEGACY_KINDS), which
+    gives the values that once fell to a default by their glob the kind meant for them."""
+    rows = json.loads(REFERENCE.read_text())["rows"]
+    unmapped, disagree = [], []
+    for row in rows:
+        for name, value in row["measured"].items():
+            legacy = legacy_kind(name)
+            if "kinds" in row:
+                assert name in row["kinds"], f"{row['test']}: {name} has no kind"
+                if legacy is not None and legacy.value != row["kinds"][name]:
+                    disagree.append((name, legacy.value, row["kinds"][name]))
+            elif legacy is None or (legacy == Kind.VERDICT) == has_numbers(value) and value != []:
+                unmapped.append((row["claim"], name))
+    assert not unmapped and not disagree, (unmapped, disagree)
+    intended = {"final a in window": Kind.RESTART_SHARPNESS, "loss peak iteration": Kind.EVENT,
+                "iterations to re-converge": Kind.ITERATIONS, "new theorem1": Kind.THEOREM1, "a": Kind.SHARPNESS,
+                "s": Kind.NONUNIFORMITY, "a: uHu, per-sample products": Kind.SHARPNESS, "p": Kind.SETTING,
+                "p (a smaller at B=2)": Kind.P_VALUE, "matvecs": Kind.PRODUCTS, "final loss": Kind.LOSS}
+    assert {name: legacy_kind(name) for name in intended} == intended
+
+
+def test_reference_upgraded_to_kinds_is_standard_json_and_compares_clean(tmp_path, capsys):
+    """An old report rewritten with kinds (rows.upgrade_report) is standard JSON, every row carries its kinds,
+    and it compares with the original without a regression: the name->kind map loses nothing."""
+    def refuse(constant):
+        raise ValueError(f"{constant} is not standard JSON")
+
+    upgraded = json.dumps(upgrade_report(json.loads(REFERENCE.read_text())), allow_nan=False)
+    rows = json.loads(upgraded, parse_constant=refuse)["rows"]
+    assert all(set(r["measured"]) <= set(r["kinds"]) for r in rows)
+    folder = tmp_path / "upgraded"
+    folder.mkdir()
+    (folder / "claims.json").write_text(upgraded)
+    status, out, _ = _compare(capsys, REFERENCE.parent, folder)
+    assert status == 0 and "Other changes" not in out, out

@@ -18,6 +18,7 @@ from ..curvature import distributed
 from ..curvature.problem import ProblemError
 from . import compare
 from .report import ReportError, write_atomic
+from .tables import table
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -278,12 +279,11 @@ def _table(result: dict) -> str:
         f"non-uniformity  s = {s['value']:.6g}   (converged={s['converged']}, residual={s['residual']:.1e}, "
         f"{s['matvecs']} products, engine={s['engine']})",
         "",
-        f"{'B':>6} {'2/lr':>10} {'a ok':>5} {'s bound':>10} {'s ok':>5} {'Theorem 1':>10} {'verdict':>16}",
     ]
-    for r in result["settings"]:
-        bound = "inf" if math.isinf(r["nonuniformity_bound"]) else f"{r['nonuniformity_bound']:.4g}"
-        lines.append(f"{r['batch_size']:>6} {r['sharpness_bound']:>10.4g} {str(r['a_within_bound']):>5} {bound:>10} "
-                     f"{str(r['s_within_bound']):>5} {_theorem1_cell(r):>10} {r['theorem1_verdict']:>16}")
+    cells = [[r["batch_size"], f"{r['sharpness_bound']:.4g}", r["a_within_bound"],
+              "inf" if math.isinf(r["nonuniformity_bound"]) else f"{r['nonuniformity_bound']:.4g}",
+              r["s_within_bound"], _theorem1_cell(r), r["theorem1_verdict"]] for r in result["settings"]]
+    lines.append(table(["B", "2/lr", "a ok", "s bound", "s ok", "Theorem 1", "verdict"], cells, align="rrrrrrr"))
     return "\n".join(lines)
 
 

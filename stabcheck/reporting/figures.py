@@ -1,6 +1,6 @@
 """Figures of a claims run, drawn from its ``claims.json`` alone (``python -m stabcheck report FOLDER``).
 
-Each figure reads the rows of one claim; a figure whose rows are missing from the run (e.g. only
+Each figure reads the rows a claim tagged for it (:class:`.rows.Tag`) or the minima rows hold; a figure whose rows are missing from the run (e.g. only
 some claims were selected) is skipped with a message rather than drawn empty.
 """
 from __future__ import annotations
@@ -13,21 +13,19 @@ from typing import Callable
 import numpy as np
 
 from .report import ReportError
+from .rows import Tag, legacy_tag
 
 
-def _rows(rows: list[dict], claim: str, test: str | None = None) -> list[dict]:
-    return [r for r in rows if r["claim"] == claim and (test is None or test in r["test"])]
-
-
-def _figure_rows(rows, claim, test=None):
-    return [r for r in _rows(rows, claim, test) if "figure" in r]
+def _tagged(rows: list[dict], tag: Tag) -> list[dict]:
+    """The rows a claim tagged ``tag`` (rows written before tags: by their test, :data:`.rows.LEGACY_TAGS`)."""
+    return [r for r in rows if (r.get("tag") or legacy_tag(r["test"])) == tag.value]
 
 
 def one_dimensional(rows, plt):
     """C4: the landscape f = (f_1 + f_2)/2 with its two minima, and SGD leaving x = 1 for x = 0."""
     from ..experiments.toys import OneDimensionalExample
 
-    found = _figure_rows(rows, "C4", "test_sgd_leaves_x1")
+    found = [r for r in _tagged(rows, Tag.ONE_DIMENSIONAL) if "figure" in r]
     if not found:
         return None
     fig_data = found[0]["figure"]
@@ -48,20 +46,22 @@ def one_dimensional(rows, plt):
         ax2.plot(path, lw=1)
     ax2.axhline(1, color="grey", ls=":", label="x = 1 (start 1 + 1e-5)")
     ax2.axhline(0, color="grey", ls="--", label="x = 0")
+    steps = [s for s in fig_data["escape_steps"] if s >= 0]   # -1: the run never left
+    longest = max((len(p) for p in fig_data["sgd_paths"]), default=1)
     ax2.set(xlabel="iteration", ylabel="x", title=f"SGD, η = 0.7, B = 1 ({len(fig_data['sgd_paths'])} runs)",
-            xlim=(0, 2.5 * max(s for s in fig_data["escape_steps"])))
+            xlim=(0, 2.5 * max(steps) if steps else longest))
     ax2.legend(fontsize=8)
-    steps = [s for s in fig_data["escape_steps"] if s >= 0]
     ax3.hist(steps, bins=30, color="C2")
-    ax3.axvline(float(np.median(steps)), color="k", ls="--", label=f"median {np.median(steps):.0f}")
     ax3.set(xlabel="escape step (first |x − 1| > 0.1)", ylabel="runs", title=f"{len(steps)} SGD runs leave x = 1")
-    ax3.legend(fontsize=8)
+    if steps:
+        ax3.axvline(float(np.median(steps)), color="k", ls="--", label=f"median {np.median(steps):.0f}")
+        ax3.legend(fontsize=8)
     return fig
 
 
 def appendix_b(rows, plt):
     """C11 / Figure 10: a1 + a2 along GD and SGD, the fitted functions, the histogram of SGD's ends."""
-    found = _figure_rows(rows, "C11", "test_sgd_jumps")
+    found = [r for r in _tagged(rows, Tag.APPENDIX_B) if "figure" in r]
     if not found:
         return None
     d = found[0]["figure"]
@@ -94,12 +94,32 @@ def appendix_b(rows, plt):
 
 
 def _all_minima(rows) -> list[dict]:
-    """Every trained minimum the run measured (rows keep them as ``minimum`` or ``minima``), once each."""
+    """Every trained minimum the run measured (rows keep them as ``minimum`` or ``minima``), once each;
+    ReportError naming a minimum whose numbers cannot be drawn."""
     seen: dict[str, dict] = {}
     for r in rows:
         for m in ([r["minimum"]] if "minimum" in r else []) + r.get("minima", []):
+            _check_minimum(m, r["test"])
             seen.setdefault(m["label"], m)
     return list(seen.values())
+
+
+def _check_minimum(m, test: str) -> None:
+    def number(key, positive=False):
+        v = m.get(key) if isinstance(m, dict) else None
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v > 0 or not positive
+                                                                                               and v >= 0)
+        if not ok:
+            label = m.get("label", "?") if isinstance(m, dict) else m
+            raise ReportError(f"minimum {label} of {test}: {key} = {json.dumps(v)} is not a "
+                              f"{'positive' if positive else 'non-negative'} finite number, so the figures cannot "
+                              "place it (rerun the claims to rewrite claims.json)")
+        return v
+
+    number("a"), number("s"), number("lr", positive=True)
+    if number("B", positive=True) > number("n", positive=True) or m["B"] != int(m["B"]) or m["n"] != int(m["n"]):
+        raise ReportError(f"minimum {m.get('label', '?')} of {test}: B = {m['B']}, n = {m['n']} are not whole "
+                          "numbers with B <= n (rerun the claims to rewrite claims.json)")
 
 
 def diagram(rows, plt):
@@ -155,7 +175,7 @@ def gd_edge(rows, plt):
 
 def escape(rows, plt):
     """C9: sharpness and training loss after a restart from a GD minimum with new (η′, B′)."""
-    found = [r for r in _rows(rows, "C9") if "trajectory" in r]
+    found = [r for r in _tagged(rows, Tag.ESCAPE) if "trajectory" in r]
     if not found:
         return None
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
@@ -205,7 +225,12 @@ def draw_all(folder: Path) -> list[Path]:
         if fig is None:
             continue
         fig.tight_layout()
-        fig.savefig(Path(folder) / name, dpi=90)
-        plt.close(fig)
+        try:
+            fig.savefig(Path(folder) / name, dpi=90)
+        except OSError as err:
+            raise ReportError(f"cannot write the figure {Path(folder) / name} ({err.strerror or err}): remove "
+                              "what is in its place or give another folder") from None
+        finally:
+            plt.close(fig)
         written.append(Path(folder) / name)
     return written

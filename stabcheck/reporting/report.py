@@ -1,9 +1,10 @@
 """The report of a claims run: ``claims.json`` and ``claims.md``.
 
-``claims.json`` holds ``summary`` (one entry per claim: verdict, cases passed of total, the headline
+``claims.json`` (standard JSON: non-finite numbers as ``"Infinity"``, ``"-Infinity"``, ``"NaN"``,
+:mod:`.rows`) holds ``schema``, ``summary`` (one entry per claim: verdict, cases passed of total, the headline
 figure beside the paper's), ``stopped`` (why the run stopped early, or empty), ``cases`` (every case
 of the run with its outcome, those that did not run included), ``rows`` (one per case that recorded
-its measurement) and ``benchmarks``. ``claims.md`` shows the summary first, then a table per claim.
+its measurement, :class:`~.rows.ClaimRow`: measured values with their kinds) and ``benchmarks``. ``claims.md`` shows the summary first, then a table per claim.
 
 A row may carry ``headline``: a list of ``{"what", "ours", "paper"}``, the paper's number or, as a
 string, why there is none; the summary shows each ``what`` once.
@@ -23,9 +24,10 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
+from .rows import SCHEMA, ReportError, encode_numbers
+from .tables import table
 
-class ReportError(ValueError):
-    """A report folder or file that cannot be read (the message names it and says what to give)."""
+__all__ = ["ReportError", "write_atomic", "write_report", "summarise", "summary_line", "render_markdown"]
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -58,8 +60,9 @@ def write_report(folder: Path, rows: list[dict], benchmarks: list[dict], cases: 
     rows = sorted(rows, key=lambda r: (_claim_order(r["claim"]), r["test"]))
     cases = sorted(cases if cases is not None else cases_of(rows), key=lambda c: (_claim_order(c["claim"]), c["test"]))
     summary = summarise(rows, cases)
-    write_atomic(folder / "claims.json", json.dumps({"summary": summary, "stopped": stopped, "cases": cases,
-                                                     "rows": rows, "benchmarks": benchmarks}, indent=1))
+    report = {"schema": SCHEMA, "summary": summary, "stopped": stopped, "cases": cases, "rows": rows,
+              "benchmarks": benchmarks}
+    write_atomic(folder / "claims.json", json.dumps(encode_numbers(report), indent=1, allow_nan=False))
     write_atomic(folder / "claims.md", render_markdown(rows, benchmarks, summary, cases, stopped))
     return folder
 
@@ -128,6 +131,10 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _entries(values: dict) -> str:
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in values.items())
+
+
 def render_markdown(rows: list[dict], benchmarks: list[dict], summary: list[dict] | None = None,
                     cases: list[dict] | None = None, stopped: str = "") -> str:
     cases = cases if cases is not None else cases_of(rows)
@@ -146,24 +153,26 @@ def render_markdown(rows: list[dict], benchmarks: list[dict], summary: list[dict
     not_run = [c for c in cases if c["outcome"] == "not run"]
     if stopped:
         out += [f"**The run stopped early: {stopped}.** {len(not_run)} cases did not run (listed at the end).", ""]
-    out += ["## Summary", "", "| claim | verdict | cases passed | headline: ours vs the paper |", "|---|---|---|---|"]
-    out += [f"| {s['claim']} | {s['verdict']} | {s['passed']} of {s['total']} | "
-            f"{summary_headline(s).replace('|', '/') or '—'} |" for s in summary]
-    out.append("")
+    out += ["## Summary", "", table(["claim", "verdict", "cases passed", "headline: ours vs the paper"],
+                                    [[s["claim"], s["verdict"], f"{s['passed']} of {s['total']}",
+                                      summary_headline(s) or "—"] for s in summary], markdown=True), ""]
     for claim, group in by_claim.items():
-        out += [f"## {claim}", "", "| case | measured | paper / bound | verdict | time (s) |", "|---|---|---|---|---|"]
-        for r in group:
-            meas = ", ".join(f"{k}={_fmt(v)}" for k, v in r["measured"].items()).replace("|", "\\|")
-            exp = ", ".join(f"{k}={_fmt(v)}" for k, v in r["expected"].items()).replace("|", "\\|")
-            out.append(f"| `{r['case'] or r['test'].split('::')[-1]}` | {meas} | {exp} | {r['outcome']} | "
-                       f"{r.get('duration_s', '')} |")
-        out.append("")
+        cells = [[f"`{r['case'] or r['test'].split('::')[-1]}`", _entries(r["measured"]), _entries(r["expected"]),
+                  r["outcome"], r.get("duration_s", "")] for r in group]
+        out += [f"## {claim}", "", table(["case", "measured", "paper / bound", "verdict", "time (s)"], cells,
+                                         markdown=True), ""]
     if not_run:
-        out += ["## Cases that did not run", "", "| case | claim | estimated cost | why |", "|---|---|---|---|"]
-        out += [f"| `{c['test']}` | {c['claim']} | {c.get('estimate', '')} | {c.get('reason', '')} |" for c in not_run]
-        out.append("")
+        out += ["## Cases that did not run", "",
+                table(["case", "claim", "estimated cost", "why"],
+                      [[f"`{c['test']}`", c["claim"], c.get("estimate", ""), c.get("reason", "")] for c in not_run],
+                      markdown=True), ""]
+    crashed = [c for c in cases if c["outcome"] == "failed" and c.get("reason")]
+    if crashed:
+        out += ["## Cases that did not finish", "",
+                table(["case", "claim", "why"], [[f"`{c['test']}`", c["claim"], c["reason"]] for c in crashed],
+                      markdown=True), ""]
     if benchmarks:
-        out += ["## Benchmark timings (pytest-benchmark)", "", "| benchmark | median (s) | rounds |", "|---|---|---|"]
-        out += [f"| `{b['name']}` | {b['median_s']:.4g} | {b['rounds']} |" for b in benchmarks]
-        out.append("")
+        out += ["## Benchmark timings (pytest-benchmark)", "",
+                table(["benchmark", "median (s)", "rounds"],
+                      [[f"`{b['name']}`", f"{b['median_s']:.4g}", b["rounds"]] for b in benchmarks], markdown=True), ""]
     return "\n".join(out)
