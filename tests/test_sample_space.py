@@ -189,3 +189,30 @@ def test_every_theorem1_result_answers_one_protocol():
         d = t.as_dict()
         assert list(d)[:len(THEOREM1_KEYS)] == list(THEOREM1_KEYS) and d["solved"] and d["value"] == t.value
         assert t.lower <= t.value <= t.upper and isinstance(t.converged, bool)
+
+
+class Wrapped(torch.nn.Module):
+    """The same net outside a Sequential: the products go through autodiff instead of the layer factors."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.mark.parametrize("model", ["mlp-relu", "mlp-tanh"])
+def test_layer_factors_and_autodiff_give_the_same_products(model):
+    problem = planted(model, "mse")
+    other = stabcheck.Problem(Wrapped(problem.model), problem.inputs, problem.targets, loss="mse",
+                              dtype=torch.float64)
+    fast, slow = GaussNewton(problem), GaussNewton(other)
+    assert (fast.engine, slow.engine) == ("factors", "autodiff")
+    u = torch.randn(problem.n, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    v = torch.randn(problem.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(fast.blocks(), slow.blocks(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fast.gram(u), slow.gram(u), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fast.jvp(problem.unflatten(v)), slow.jvp(other.unflatten(v)), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(problem.flatten(fast.vjp(u)), other.flatten(slow.vjp(u)), rtol=1e-12, atol=1e-12)
+    assert solve(problem, 0.3, 1).mu == pytest.approx(solve(other, 0.3, 1).mu, rel=1e-10)

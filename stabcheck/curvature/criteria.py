@@ -55,7 +55,7 @@ class SolveOptions:
         stable_tol: slack, on T's scale, that absorbs the solver's tolerance when the full form
             compares λ_max(T) with 1; finite, in [0, 0.5).
         hvp: how H v is computed: "auto", "autodiff" or "factored" (see :class:`HessianOperator`).
-        residual_steps: products of H − G per side that the sample form spends on the residual term
+        residual_steps: Lanczos steps (products of H − G) the sample form spends on the residual term
             (0: not measured).
 
     >>> SolveOptions(tol=1e-8).maxiter

@@ -37,48 +37,61 @@ from torch import Tensor
 from .bounds import noise_factor
 from .eigen import EigenResult, top_eigenpair
 from .gauss_newton import GaussNewton
+from .operators import HessianOperator
 from .problem import Problem
 from .results import CERTIFIED_STABLE, NOT_CERTIFIED, SAMPLE, SOLVE, UNKNOWN, _Verdict
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True)
 class ResidualTerm:
-    """R = H − G at the point, zero at an interpolating minimum: Lanczos estimates of its extreme eigenvalues.
+    """R = H − G at the point, zero at an interpolating minimum: the extreme Ritz values of ``steps``
+    Lanczos steps on R (one product of H − G each).
 
-    ``top`` solves R and ``bottom`` solves −R, each for at most ``steps`` products; their Ritz values
-    lie inside R's spectrum, so ``size`` = max(top, −bottom) is a lower estimate of ‖R‖ (within the
-    solvers' residuals when they converged).
+    Ritz values lie inside R's spectrum, so ``largest`` ≤ λ_max(R), ``smallest`` ≥ λ_min(R) and
+    ``size`` = max(|largest|, |smallest|) ≤ ‖R‖: an estimate from below, exact once ``steps`` reaches d.
     """
 
-    top: EigenResult = field(repr=False)
-    bottom: EigenResult = field(repr=False)
-
-    @property
-    def largest(self) -> float:
-        """λ_max(R) estimate."""
-        return self.top.value
-
-    @property
-    def smallest(self) -> float:
-        """λ_min(R) estimate."""
-        return -self.bottom.value
+    largest: float
+    smallest: float
+    steps: int
 
     @property
     def size(self) -> float:
-        """max |λ(R)| estimate."""
+        """max |Ritz value|, a lower estimate of ‖R‖."""
         return max(abs(self.largest), abs(self.smallest))
-
-    @property
-    def converged(self) -> bool:
-        return self.top.converged and self.bottom.converged
 
     def shift(self, lr: float) -> float:
         """2η·size: the first-order change of T's eigenvalues that R can cause."""
         return 2.0 * lr * self.size
 
     def as_dict(self) -> dict:
-        return {"largest": self.largest, "smallest": self.smallest, "size": self.size,
-                "converged": self.converged, "products": self.top.matvecs + self.bottom.matvecs}
+        return {"largest": self.largest, "smallest": self.smallest, "size": self.size, "steps": self.steps}
+
+
+def ritz_extremes(matvec, dim: int, steps: int, seed: int, dtype: torch.dtype, device) -> tuple[float, float]:
+    """(smallest, largest) Ritz value of ``steps`` Lanczos steps with full reorthogonalisation from a seeded
+    random start (drawn in float64 on the CPU, as the eigensolvers draw theirs)."""
+    q = torch.randn(dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    q = (q / q.norm()).to(device=device, dtype=dtype)
+    basis, alphas, betas = [], [], []
+    for _ in range(min(steps, dim)):
+        basis.append(q)
+        w = matvec(q)
+        alphas.append(float(torch.dot(q.double(), w.double())))
+        stack = torch.stack(basis)
+        for _ in range(2):
+            w = w - stack.T @ (stack @ w)
+        beta = float(torch.linalg.vector_norm(w, dtype=torch.float64))
+        if beta <= 1e-12 * max(abs(a) for a in alphas) or len(basis) == min(steps, dim):
+            break
+        betas.append(beta)
+        q = w / beta
+    t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
+    if betas:
+        off = torch.tensor(betas, dtype=torch.float64)
+        t += torch.diag(off, 1) + torch.diag(off, -1)
+    ritz = torch.linalg.eigvalsh(t)
+    return float(ritz[0]), float(ritz[-1])
 
 
 @dataclass(frozen=True, eq=False)
@@ -105,7 +118,8 @@ class SampleTheorem1Result(_Verdict):
         eigen: the solve on K_p (nK × nK); μ = η·eigen.value.
         excess_eigen: the solve on T_GN − I in parameter space, run only when μ > 2; else None.
         residual: the measured residual term, or None when not asked for (``residual_steps`` 0).
-        products: the products made, by kind ("jvp", "vjp": each over all n samples, "hessian").
+        products: the products made on its :class:`SampleSpace`, by kind ("jvp", "vjp": each over all n
+            samples; "hessian": H v of the residual term).
     """
 
     lr: float
@@ -199,6 +213,7 @@ class SampleSpace:
         self.gn = GaussNewton(problem)
         self.blocks = self.gn.blocks()
         self.shape = (problem.n, self.gn.outputs)
+        self._hessian: HessianOperator | None = None
 
     @property
     def size(self) -> int:
@@ -248,19 +263,24 @@ class SampleSpace:
                              seed=settings.seed, dtype=problem.dtype, device=problem.device)
 
     def residual_term(self, steps: int, settings) -> ResidualTerm:
-        """Lanczos on ±(H − G) for at most ``steps`` products each."""
+        """The extreme Ritz values of ``steps`` Lanczos steps on R = H − G (H v by ``settings.hvp``)."""
         problem = self.problem
 
-        def on(sign: float):
-            return lambda v: sign * problem.flatten(self.gn.residual(problem.unflatten(v)))
+        def matvec(v: Tensor) -> Tensor:
+            return self.hessian(settings.hvp).matvec(v) - problem.flatten(self.gn.gauss_newton(problem.unflatten(v)))
 
-        solve = {"tol": settings.tol, "maxiter": steps, "seed": settings.seed, "dtype": problem.dtype,
-                 "device": problem.device}
-        return ResidualTerm(top=top_eigenpair(on(1.0), problem.dim, **solve),
-                            bottom=top_eigenpair(on(-1.0), problem.dim, **solve))
+        low, high = ritz_extremes(matvec, problem.dim, steps, settings.seed, problem.dtype, problem.device)
+        return ResidualTerm(largest=high, smallest=low, steps=min(steps, problem.dim))
+
+    def hessian(self, path: str) -> HessianOperator:
+        """The H operator of the residual term (one per space, so its products add up)."""
+        if self._hessian is None:
+            self._hessian = HessianOperator(self.problem, path)
+        return self._hessian
 
     def products(self) -> dict[str, int]:
-        return dict(self.gn.counts)
+        """Products so far: "jvp" and "vjp" (J and Jᵀ over all samples) and "hessian" (H v)."""
+        return {**self.gn.counts, "hessian": 0 if self._hessian is None else self._hessian.matvecs}
 
 
 def solve_sample(space: SampleSpace, lr: float, batch_size: int, settings, sharpness: float | None,
