@@ -130,7 +130,7 @@ def _factorable(problem: Problem, outputs: int) -> bool:
 
 
 class ChainFactors:
-    """Per Linear layer l: the inputs A_l (n × in), the output gradients g_l (K × n × width) and the input
+    """Per Linear layer l: the inputs A_l (n × in), the output gradients g_l (n × K × width) and the input
     kernel Q_l = A_lA_lᵀ + [bias] (n × n), from one forward and K batched VJPs.
 
     J's rows are ∂out_ik/∂(W_l, b_l) = g_l[k, i] ⊗ (a_li, 1), so Jv, Jᵀu and Γu = Σ_l g_l ∘ (Q_l (g_lᵀu))
@@ -142,43 +142,43 @@ class ChainFactors:
         self.layers = [(i, m) for i, m in enumerate(problem.model) if isinstance(m, nn.Linear)]
         parts = [self._chunk(c) for c in problem.chunks()]
         self.inputs = [torch.cat([p[0][j] for p in parts]) for j in range(len(self.layers))]
-        self.grads = [torch.cat([p[1][j] for p in parts], dim=1) for j in range(len(self.layers))]
+        # (n, K, width), contiguous: the products below are then plain broadcasts and sums
+        self.grads = [torch.cat([p[1][j] for p in parts], dim=1).transpose(0, 1).contiguous()
+                      for j in range(len(self.layers))]
         self.kernels = [a @ a.T + (1.0 if m.bias is not None else 0.0) for a, (_, m) in zip(self.inputs, self.layers)]
 
     def _chunk(self, chunk: slice) -> tuple[list[Tensor], list[Tensor]]:
-        """The layer inputs and g of one chunk: z = Wa + b is perturbed by a zero ε, so the VJP of output k
-        with respect to ε holds each sample's own g at its row (the samples stay apart)."""
-        problem, x = self.problem, self.problem.inputs[chunk]
-        inputs: list[Tensor] = []
-
-        def forward(eps: list[Tensor]) -> Tensor:
-            h, j = x, 0
-            inputs.clear()
+        """The layer inputs and g of one chunk: one forward that keeps each module's input, then the K
+        output directions back-propagated together as (K, m, width) batches (z_l's cotangent is g_l,
+        a Linear layer maps it back by W, an elementwise module multiplies by its derivative)."""
+        problem, h = self.problem, self.problem.inputs[chunk]
+        seen: list[tuple[nn.Module, int, Tensor]] = []
+        with torch.no_grad():
             for i, module in enumerate(problem.model):
+                if isinstance(module, nn.Linear) and h.ndim != 2:
+                    raise ProblemError("a Linear layer met an input with more than one feature dimension")
+                seen.append((module, i, h))
+                h = (torch.nn.functional.linear(h, problem.params[f"{i}.weight"], problem.params.get(f"{i}.bias"))
+                     if isinstance(module, nn.Linear) else module(h))
+            k, m = h.reshape(h.shape[0], -1).shape[1], h.shape[0]
+            cot = torch.eye(k, dtype=h.dtype, device=h.device).unsqueeze(1).expand(k, m, k)
+            inputs, grads = [], []
+            for module, i, x in reversed(seen):
                 if isinstance(module, nn.Linear):
-                    if h.ndim != 2:
-                        raise ProblemError("a Linear layer met an input with more than one feature dimension")
-                    inputs.append(h.detach())
-                    h = torch.nn.functional.linear(h, problem.params[f"{i}.weight"],
-                                                   problem.params.get(f"{i}.bias")) + eps[j]
-                    j += 1
-                else:
-                    h = module(h)
-            return h.reshape(h.shape[0], -1)
-
-        eps = [x.new_zeros(x.shape[0], m.out_features) for _, m in self.layers]
-        out, pull = vjp(forward, eps)
-        k = out.shape[1]
-        basis = torch.eye(k, dtype=out.dtype, device=out.device).unsqueeze(1).expand(k, *out.shape)
-        return list(inputs), list(vmap(pull)(basis)[0])
+                    inputs.append(x)
+                    grads.append(cot)
+                    if len(grads) < len(self.layers):
+                        cot = cot @ problem.params[f"{i}.weight"]
+                elif len(grads) < len(self.layers):  # elementwise: its derivative at x, by one JVP
+                    cot = cot.reshape(k, *x.shape) * jvp(module, (x,), (torch.ones_like(x),))[1]
+        return inputs[::-1], [g.reshape(k, m, -1) for g in grads[::-1]]
 
     def blocks(self) -> Tensor:
-        return sum(torch.einsum("kiw,liw->ikl", g, g) * q.diagonal()[:, None, None]
+        return sum(torch.bmm(g, g.transpose(1, 2)) * q.diagonal()[:, None, None]
                    for g, q in zip(self.grads, self.kernels))
 
     def gram(self, u: Tensor) -> Tensor:
-        return sum(torch.einsum("kiw,iw->ik", g, q @ torch.einsum("kiw,ik->iw", g, u))
-                   for g, q in zip(self.grads, self.kernels))
+        return sum(_forward(g, q @ _back(g, u)) for g, q in zip(self.grads, self.kernels))
 
     def jvp(self, v: Params) -> Tensor:
         out = 0
@@ -186,14 +186,24 @@ class ChainFactors:
             z = a @ v[f"{i}.weight"].T
             if module.bias is not None:
                 z = z + v[f"{i}.bias"]
-            out = out + torch.einsum("kiw,iw->ik", g, z)
+            out = out + _forward(g, z)
         return out
 
     def vjp(self, u: Tensor) -> Params:
         out = {}
         for (i, module), a, g in zip(self.layers, self.inputs, self.grads):
-            back = torch.einsum("kiw,ik->iw", g, u)
+            back = _back(g, u)
             out[f"{i}.weight"] = back.T @ a
             if module.bias is not None:
                 out[f"{i}.bias"] = back.sum(0)
         return out
+
+
+def _back(g: Tensor, u: Tensor) -> Tensor:
+    """Σ_k u_ik g[i, k]: a sample-space vector (n, K) taken to a layer's outputs (n, width)."""
+    return (g * u[:, :, None]).sum(1)
+
+
+def _forward(g: Tensor, z: Tensor) -> Tensor:
+    """g[i, k]·z_i: a change of a layer's outputs (n, width) taken to the net's outputs (n, K)."""
+    return (g * z[:, None, :]).sum(2)
