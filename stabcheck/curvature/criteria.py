@@ -154,11 +154,13 @@ def non_uniformity(problem: Problem, *, options: SolveOptions | None = None, **s
 
 def choose_form(problem: Problem, form: str) -> str:
     """"sample" for ``form="auto"`` at a squared-error loss with d > nK (the over-parameterised case, where
-    the neutral directions exist), else "full"; an explicit form as given."""
+    the neutral directions exist) held by one process, else "full"; an explicit form as given."""
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
     if form != "auto":
         return form
+    if problem.n != problem.n_local:  # sharded: the sample-space vectors would span the processes
+        return FULL
     outputs = problem.targets[0].numel() if problem.loss in SQUARED_LOSSES else math.inf
     return SAMPLE if problem.dim > problem.n * outputs else FULL
 

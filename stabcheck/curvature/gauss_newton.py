@@ -47,6 +47,9 @@ class GaussNewton:
             raise ProblemError(f"the sample-space form needs a squared-error loss {SQUARED_LOSSES}, got "
                                f"{problem.loss!r}: use form='full' (cross-entropy has no zero-residual Hessian "
                                "of Gauss–Newton form)")
+        if problem.n != problem.n_local:
+            raise ProblemError("the sample-space form needs every sample on this process (the problem is sharded "
+                               f"over processes: {problem.n_local} of {problem.n} here); use form='full'")
         self.problem = problem
         self.outputs = int(problem.targets[0].numel())
         #: c′ in G_i = c′J_iᵀJ_i: 2/K for mse, 1 for half_sq.
