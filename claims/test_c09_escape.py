@@ -159,8 +159,7 @@ def new_minimum(traj: Trajectory, m, lr: float, batch_size: int, how, seed: int,
         a = stabcheck.sharpness(problem, tol=how.tol, maxiter=how.maxiter, seed=seed)
         s = stabcheck.non_uniformity(problem, tol=how.tol, maxiter=how.maxiter, seed=seed)
         t1 = stabcheck.theorem1(problem, lr=lr, batch_size=batch_size, form="full", tol=how.tol, maxiter=how.maxiter,
-                                seed=seed,
-                                sharpness=a)
+                                seed=seed, sharpness=a)
     return {"a": a, "s": s, "theorem1": t1, "loss": problem.loss_value()}
 
 
