@@ -35,7 +35,7 @@ from .results import (  # noqa: F401
     BOUND, CERTIFIED_STABLE, FULL, NOT_CERTIFIED, SAMPLE, SOLVE, UNKNOWN, VERDICTS, NonUniformityResult,
     SharpnessResult, Theorem1Result,
 )
-from .sample_space import SampleSpace, SampleTheorem1Result, solve_sample
+from .sample_space import ResidualTerm, SampleSpace, SampleTheorem1Result, solve_sample
 from .threads import measurement_threads
 
 #: ``form`` values of :func:`theorem1`: "auto" picks "sample" where it applies (:func:`choose_form`).
@@ -219,12 +219,7 @@ def theorem1(problem: Problem, lr: float, batch_size: int, *, form: str = "auto"
     options = SolveOptions.of(options, settings)
     lr = check_setting(problem, lr, [batch_size])
     if choose_form(problem, form) == SAMPLE:
-        value = None
-        if sharpness is not None:
-            checked_sharpness(problem, sharpness)
-            value = sharpness.value
-        space = SampleSpace(problem)
-        residual = space.residual_term(options.residual_steps, options) if options.residual_steps else None
+        space, value, residual = prepare_sample(problem, sharpness, options)
         return solve_sample(space, lr, batch_size, options, value, residual)
     products: Counter[str] = Counter()
     if sharpness is None:
@@ -234,6 +229,19 @@ def theorem1(problem: Problem, lr: float, batch_size: int, *, form: str = "auto"
     result = solve_full(problem, lr, batch_size, options, sharpness.value, top=top)
     products.update(result.products)
     return dataclasses.replace(result, products=MappingProxyType(dict(products)))
+
+
+def prepare_sample(problem: Problem, sharpness: SharpnessResult | None,
+                   options: SolveOptions) -> tuple[SampleSpace, float | None, ResidualTerm | None]:
+    """What every sample-form solve of one problem shares: its :class:`SampleSpace` (the Gram blocks), the
+    checked value of a given sharpness (None without one) and the residual term (None if not asked for)."""
+    value = None
+    if sharpness is not None:
+        checked_sharpness(problem, sharpness)
+        value = sharpness.value
+    space = SampleSpace(problem)
+    residual = space.residual_term(options.residual_steps, options) if options.residual_steps else None
+    return space, value, residual
 
 
 def solve_full(problem: Problem, lr: float, batch_size: int, options: SolveOptions, sharpness_value: float, *,

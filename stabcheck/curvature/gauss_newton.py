@@ -35,7 +35,7 @@ class GaussNewton:
     Sample-space vectors are (n, K) tensors in the problem's dtype: row i belongs to sample i.
     ``engine`` says how the products run: "factors" (Linear chains, :class:`ChainFactors`) or "autodiff".
 
-    >>> net = nn.Linear(3, 2)
+    >>> net = nn.Sequential(nn.Linear(3, 2))
     >>> p = Problem(net, torch.randn(4, 3), torch.randn(4, 2), loss="half_sq", dtype=torch.float64)
     >>> gn = GaussNewton(p)
     >>> gn.outputs, gn.scale, gn.engine, tuple(gn.blocks().shape)

@@ -17,12 +17,13 @@ from torch import Tensor
 
 from .bounds import noise_factor
 from .criteria import (
-    SolveOptions, _one_thread_policy, check_setting, checked_sharpness, choose_form, measure_sharpness, solve_full,
+    SolveOptions, _one_thread_policy, check_setting, checked_sharpness, choose_form, measure_sharpness, prepare_sample,
+    solve_full,
 )
 from .operators import HessianOperator, SigmaOperator
 from .problem import Problem
 from .results import SAMPLE, UNKNOWN, Theorem1Bound, Theorem1Result, Theorem1Sweep
-from .sample_space import SampleSpace, solve_sample
+from .sample_space import solve_sample
 
 
 @dataclass(frozen=True)
@@ -161,12 +162,7 @@ def _full_sweep(problem: Problem, lr: float, sizes: list[int], options: SolveOpt
 
 def _sample_sweep(problem: Problem, lr: float, sizes: list[int], options: SolveOptions,
                   sharpness) -> Theorem1Sweep:
-    value = None
-    if sharpness is not None:
-        checked_sharpness(problem, sharpness)
-        value = sharpness.value
-    space = SampleSpace(problem)
-    residual = space.residual_term(options.residual_steps, options) if options.residual_steps else None
+    space, value, residual = prepare_sample(problem, sharpness, options)
     solved = {b: solve_sample(space, lr, b, options, value, residual) for b in {sizes[0], sizes[-1]}}
     low, high = solved[sizes[-1]], solved[sizes[0]]  # the smallest and the largest p
     tangents = [space.parts(r.eigen.vector) for r in solved.values()] if len(sizes) > 2 else []
