@@ -16,9 +16,9 @@ Three layers, imports running one way (reporting → experiments → curvature):
 >>> prob = stabcheck.Problem(net, torch.randn(8, 3), torch.randn(8, 2), loss="mse", dtype=torch.float64)
 >>> a = stabcheck.sharpness(prob)          # SharpnessResult: .value = a = λmax(H)
 >>> s = stabcheck.non_uniformity(prob)     # NonUniformityResult: .value = s, .eigenvalue = λmax(Σ)
->>> t = stabcheck.theorem1(prob, lr=0.1, batch_size=2, sharpness=a)  # reuses a's solve
->>> t.verdict in ("certified stable", "not certified", "unknown")
-True
+>>> t = stabcheck.theorem1(prob, lr=0.1, batch_size=2, sharpness=a)  # d = 26 > nK = 16: the sample form
+>>> t.form, t.verdict in ("certified stable", "not certified", "unknown"), t.mu == t.lr * t.eigen.value
+('sample', True, True)
 >>> sweep = stabcheck.theorem1_batch_sizes(prob, lr=0.1, batch_sizes=[1, 2, 8], sharpness=a)
 >>> [r.source in ("solve", "bound") for r in sweep]   # each B solved, or decided by bounds
 [True, True, True]
