@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import stabcheck
+from claims.measured import require_minimum, theorem1_entries
 from stabcheck.curvature import exact
 from stabcheck.experiments.toys import QuadraticToy, run_sgd
 
@@ -207,8 +208,6 @@ def test_theorem1_in_sample_space_at_trained_minima(claim, suite, measured_minim
     at the minimum's own (η, B): μ, its margin, the verdict and the residual term H − G it leaves out.
     μ(p) ≥ μ(0) = η·λmax(G) ≥ η(a − ‖H − G‖), so μ must not fall below η·a by more than the measured
     residual size (times 1.01 for the solvers' tolerance)."""
-    from claims.measured import require_minimum, theorem1_entries
-
     m = measured_minimum(trained_config)
     require_minimum(m)
     t = m.theorem1_sample
