@@ -71,7 +71,7 @@ def reference(minimum):
     p64 = minimum.problem(dtype=torch.float64)
     a = stabcheck.sharpness(p64, tol=1e-10, maxiter=200)
     s = stabcheck.non_uniformity(p64, tol=1e-8, maxiter=200)
-    gd = stabcheck.theorem1(p64, LR, p64.n, tol=1e-6, maxiter=400, sharpness=a)
+    gd = stabcheck.theorem1(p64, LR, p64.n, tol=1e-6, maxiter=400, sharpness=a, form="full")
     assert a.converged and s.converged and gd.converged
     return {"a": a.value, "s2": s.eigenvalue, "theorem1 B=n": gd.value}
 
@@ -182,7 +182,8 @@ _THEOREM1: dict[str, object] = {}
 def test_theorem1_sweep(benchmark, problem, reference, measured_a):
     benchmark.group = "e2e-theorem1"
     sweep = benchmark.pedantic(lambda: stabcheck.theorem1_batch_sizes(problem, LR, BATCH_SIZES, tol=TOL,
-                                                                      maxiter=T_MAXITER, sharpness=measured_a),
+                                                                      maxiter=T_MAXITER, sharpness=measured_a,
+                                                                      form="full"),
                                rounds=1, iterations=1)
     _THEOREM1["sweep"] = sweep
     gd = sweep.result(problem.n)
@@ -198,7 +199,7 @@ def test_theorem1_sweep(benchmark, problem, reference, measured_a):
 def test_theorem1_separate_calls(benchmark, problem, reference, measured_a):
     benchmark.group = "e2e-theorem1"
     calls = benchmark.pedantic(lambda: [stabcheck.theorem1(problem, LR, b, tol=TOL, maxiter=T_MAXITER,
-                                                           sharpness=measured_a) for b in BATCH_SIZES],
+                                                           sharpness=measured_a, form="full") for b in BATCH_SIZES],
                                rounds=1, iterations=1)
     cells = ", ".join(f"B={t.batch_size}: {t.value:.6f} ({t.verdict})" for t in calls)
     hessian, sigma = (sum(t.products[k] for t in calls) for k in ("hessian", "sigma"))

@@ -1,7 +1,8 @@
 """A trained minimum with its measured a, s and Theorem 1, and what a claim needs of it.
 
 :func:`measure` is the one place where the trained-net claims call stabcheck's criteria on a
-minimum: a = λmax(H), s = λmax(Σ)^½ and Theorem 1 at the minimum's own (η, B), reusing a's solve.
+minimum: a = λmax(H), s = λmax(Σ)^½ and Theorem 1 at the minimum's own (η, B), reusing a's solve, in the
+full form and, where it applies, the sample-space form.
 The ``measured_minimum`` fixture (``claims/conftest.py``) calls it once per minimum and run.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 import stabcheck
 from claims.profiles import MINIMUM, Measurement
 from claims.suite import case_id
+from stabcheck.curvature.criteria import choose_form
 from stabcheck.curvature.threads import measurement_threads
 from stabcheck.experiments.minima import Minimum
 from stabcheck.experiments.setups import MinimumConfig
@@ -21,10 +23,16 @@ from stabcheck.experiments.setups import MinimumConfig
 UNSTABLE = "unstable (a > 2/eta)"
 
 
-def theorem1_entries(t1: stabcheck.Theorem1Result) -> dict:
+def theorem1_entries(t1: stabcheck.Theorem1Result, sample: stabcheck.SampleTheorem1Result | None = None) -> dict:
     """A row's Theorem-1 entries: the library's verdict and convergence, and "unstable" only where
-    a > 2/η proves it (Theorem 1 is sufficient only: a value above 1 is "not certified")."""
+    a > 2/η proves it (Theorem 1 is sufficient only: a value above 1 is "not certified"). With the
+    sample-space form's result (squared-error minima with d > nK): μ, its margin 2 − μ, its verdict and
+    the size of the residual term H − G that the verdict leaves out."""
     entries = {"theorem1": t1.value, "theorem1 verdict": t1.verdict, "theorem1 converged": t1.converged}
+    if sample is not None:
+        entries.update({"mu": sample.mu, "mu margin": sample.margin, "mu verdict": sample.verdict,
+                        "mu converged": sample.converged,
+                        "residual |H-G|": None if sample.residual is None else sample.residual.size})
     if t1.sharpness_exceeded:
         entries["GD criterion"] = UNSTABLE
     return entries
@@ -32,13 +40,16 @@ def theorem1_entries(t1: stabcheck.Theorem1Result) -> dict:
 
 @dataclass(frozen=True)
 class MeasuredMinimum:
-    """A trained minimum with a = λmax(H), s = λmax(Σ)^½ and Theorem 1 at its own (η, B)."""
+    """A trained minimum with a = λmax(H), s = λmax(Σ)^½ and Theorem 1 at its own (η, B): ``theorem1`` in
+    the full form (whose solve C12 cross-checks) and ``theorem1_sample`` in the sample-space form where
+    that applies (else None)."""
 
     minimum: Minimum
     a: stabcheck.SharpnessResult
     s: stabcheck.NonUniformityResult
     theorem1: stabcheck.Theorem1Result
     seconds: dict[str, float]
+    theorem1_sample: stabcheck.SampleTheorem1Result | None = None
 
     @property
     def config(self) -> MinimumConfig:
@@ -68,7 +79,7 @@ class MeasuredMinimum:
     def measured(self) -> dict:
         """The row's ``measured`` entries every trained-net case reports."""
         return {"a": self.a.value, "s": self.s.value, "a eta/2": self.edge_ratio, "s/bound": self.s_ratio,
-                **theorem1_entries(self.theorem1), "status": self.minimum.status,
+                **theorem1_entries(self.theorem1, self.theorem1_sample), "status": self.minimum.status,
                 "final loss": self.minimum.record["final_loss"]}
 
     def bounds(self) -> dict:
@@ -80,7 +91,7 @@ class MeasuredMinimum:
         return {"label": case_id(c), "setup": c.setup.name, "lr": c.lr, "B": c.batch_size, "n": c.setup.n,
                 "mu": c.momentum, "seed": c.seed, "a": self.a.value, "s": self.s.value, "2/eta": self.a_bound,
                 "s bound": self.s_bound, "a eta/2": self.edge_ratio, "s/bound": self.s_ratio,
-                **theorem1_entries(self.theorem1),
+                **theorem1_entries(self.theorem1, self.theorem1_sample),
                 "status": rec["status"], "iterations": rec["iterations"], "final loss": rec["final_loss"],
                 "train s": rec["wall_time"], "measure s": self.seconds,
                 "a converged": self.a.converged, "a iterations": self.a.iterations, "a residual": self.a.residual,
@@ -112,9 +123,15 @@ def measure(minimum: Minimum, how: Measurement, seed: int, device: str) -> Measu
         seconds["s"] = time.perf_counter() - start
         start = time.perf_counter()
         t1 = stabcheck.theorem1(problem, lr=c.lr, batch_size=c.batch_size, tol=how.tol, maxiter=how.maxiter,
-                                seed=seed, sharpness=a)
+                                seed=seed, sharpness=a, form="full")
         seconds["theorem1"] = time.perf_counter() - start
-    return MeasuredMinimum(minimum, a, s, t1, {k: round(v, 3) for k, v in seconds.items()})
+        sample = None
+        if choose_form(problem, "auto") == "sample":
+            start = time.perf_counter()
+            sample = stabcheck.theorem1(problem, lr=c.lr, batch_size=c.batch_size, tol=how.tol,
+                                        maxiter=how.maxiter, seed=seed, sharpness=a, form="sample")
+            seconds["theorem1 sample"] = time.perf_counter() - start
+    return MeasuredMinimum(minimum, a, s, t1, {k: round(v, 3) for k, v in seconds.items()}, sample)
 
 
 def require_minimum(m: MeasuredMinimum, eval_loss_limit: float | None = None) -> None:

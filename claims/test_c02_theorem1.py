@@ -13,6 +13,8 @@ import pytest
 import torch
 
 import stabcheck
+from claims import kinds
+from claims.measured import require_minimum, theorem1_entries
 from stabcheck.reporting.rows import Kind
 from stabcheck.curvature import exact
 from stabcheck.experiments.toys import QuadraticToy, run_sgd
@@ -191,3 +193,41 @@ def test_theorem1_unstable_but_exactly_stable(claim, base_seed):
     assert float(traces[1]) == pytest.approx(t1.value, rel=1e-9), "E‖e_1‖² from Theorem 1's eigenvector ≠ its value"
     assert float(traces[-1]) < rho ** (COUNTER_STEPS - 1), f"tr S_T = {float(traces[-1])} did not decay like ρ^t"
     assert mean + half < 1, f"Monte Carlo E‖e_T‖² = {mean} ± {half} is not below 1"
+
+
+# ---- (iv) trained nets: the sample-space form at each minimum's own (η, B) ----------------------------
+TRAINED_CLAIMS = ("C6", "C3", "C5", "C9")
+
+
+def sgd_minima(suite) -> list:
+    """Every plain SGD or GD minimum (no momentum) of the trained claims' grids, each once."""
+    seen = []
+    for c in suite.configs(*TRAINED_CLAIMS):
+        if not c.momentum and c not in seen:
+            seen.append(c)
+    return seen
+
+
+@pytest.mark.claim("C2")
+@pytest.mark.cases(trained_config=sgd_minima)
+def test_theorem1_in_sample_space_at_trained_minima(claim, suite, measured_minimum, trained_config):
+    """At a trained over-parameterised minimum the full-space T has d − nK eigenvalues at 1, so the full
+    form cannot certify; the sample-space form decides: μ = η·λmax((1 − p)(c′/n)Γ + p·c′D) ≤ 2. Recorded
+    at the minimum's own (η, B): μ, its margin, the verdict and the residual term H − G it leaves out.
+    μ(p) ≥ μ(0) = η·λmax(G) ≥ η(a − ‖H − G‖), so μ must not fall below η·a by more than the measured
+    residual size (times 1.01 for the solvers' tolerance)."""
+    m = measured_minimum(trained_config)
+    require_minimum(m)
+    t = m.theorem1_sample
+    if t is None:
+        pytest.skip(f"{trained_config.setup.loss} loss or d ≤ nK: the sample-space form does not apply")
+    c = trained_config
+    floor = c.lr * (m.a.value - t.residual.size)
+    claim.record(measured={**theorem1_entries(m.theorem1, t), "a": m.a.value, "eta a": c.lr * m.a.value},
+                 kinds={**kinds.MINIMUM, "eta a": Kind.THEOREM1},
+                 expected={"mu at least": floor, "certified if mu_upper <= 2": t.mu_upper <= 2,
+                           "neutral dimension at least": t.neutral_dim},
+                 seed=c.seed, dtype=m.a.dtype, minimum=m.point())
+    assert t.converged, f"the μ solve did not converge (residual {t.eigen.residual:.2e})"
+    assert t.mu >= floor / 1.01, f"μ = {t.mu} below η(a − ‖H − G‖) = {floor}"
+    assert (t.verdict == "certified stable") is (t.mu_upper <= 2)

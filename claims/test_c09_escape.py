@@ -160,8 +160,8 @@ def new_minimum(traj: Trajectory, m, lr: float, batch_size: int, how, seed: int,
                                     loss=loss_name, device=device)
         a = stabcheck.sharpness(problem, tol=how.tol, maxiter=how.maxiter, seed=seed)
         s = stabcheck.non_uniformity(problem, tol=how.tol, maxiter=how.maxiter, seed=seed)
-        t1 = stabcheck.theorem1(problem, lr=lr, batch_size=batch_size, tol=how.tol, maxiter=how.maxiter, seed=seed,
-                                sharpness=a)
+        t1 = stabcheck.theorem1(problem, lr=lr, batch_size=batch_size, form="full", tol=how.tol, maxiter=how.maxiter,
+                                seed=seed, sharpness=a)
     return {"a": a, "s": s, "theorem1": t1, "loss": problem.loss_value()}
 
 
@@ -183,7 +183,7 @@ def test_restart_leaves_unstable_and_keeps_stable_minima(claim, suite, measured_
     batch_size = n if batch is None else batch
     with measurement_threads(device):
         problem = m.minimum.problem(device=device)
-        t1 = stabcheck.theorem1(problem, lr=lr, batch_size=batch_size, tol=how.tol, maxiter=how.maxiter,
+        t1 = stabcheck.theorem1(problem, lr=lr, batch_size=batch_size, form="full", tol=how.tol, maxiter=how.maxiter,
                                 seed=suite.base_seed, sharpness=m.a)
     a0, s0 = m.a.value, m.s.value
     a_side, s_side = stabcheck.sharpness_bound(lr), stabcheck.nonuniformity_bound(lr, batch_size, n)

@@ -65,7 +65,7 @@ def measure_all(problem: Problem) -> dict:
     out["sharpness"] = a.value
     for name in SOLVED_ENGINES:
         out[f"non_uniformity_{name}"] = non_uniformity(problem, engine=name, tol=TOL, maxiter=problem.dim).value
-    out["theorem1"] = theorem1(problem, LR, BATCH, engine="factored", tol=TOL, maxiter=problem.dim, sharpness=a).value
+    out["theorem1"] = theorem1(problem, LR, BATCH, form="full", engine="factored", tol=TOL, maxiter=problem.dim, sharpness=a).value
     return out
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import stabcheck
-from stabcheck.curvature.criteria import (BOUND, CERTIFIED_STABLE, NOT_CERTIFIED, SOLVE, Theorem1Sweep,
-                                          theorem1_batch_sizes)
+from stabcheck.curvature.results import BOUND, CERTIFIED_STABLE, NOT_CERTIFIED, SOLVE, Theorem1Sweep
+from stabcheck.curvature.sweep import theorem1_batch_sizes
 from stabcheck.curvature.exact import theorem1_threshold
 from stabcheck.experiments.toys import QuadraticToy
 
@@ -33,10 +33,11 @@ def _case(name: str):
         lr = (theorem1_threshold(his, 3) * theorem1_threshold(his, 4)) ** 0.5
         return problem, h, sigma, lr, 1e-3
     # The tiny nets sit at random points, where H has negative eigenvalues and λ_max(T) > 1 for every η.
-    # stable_tol moves the threshold 1 + stable_tol into their range of values (dense: B = 1, 2 above
-    # it by ≥ 0.03, B ≥ 3 below it by ≥ 0.04), so the verdicts change at B = 3.
-    model, loss, lr, stable_tol = {"mlp-tanh": ("mlp-tanh", "mse", 1.0, 1.3), "mlp-relu": ("mlp-relu", "ce", 1.0, 2.7),
-                                   "cnn-pool": ("cnn-pool", "mse", 0.5, 3.9)}[name]
+    # stable_tol (< 0.5) moves the threshold 1 + stable_tol into their range of values (dense: B = 1, 2
+    # above it by ≥ 3e-4, B ≥ 3 below it by ≥ 3e-4), so the verdicts change at B = 3.
+    model, loss, lr, stable_tol = {"mlp-tanh": ("mlp-tanh", "mse", 0.3, 0.3157),
+                                   "mlp-relu": ("mlp-relu", "ce", 0.2, 0.388),
+                                   "cnn-pool": ("cnn-pool", "mse", 0.05, 0.2491)}[name]
     problem = make_problem(model, loss)
     _, h, sigma = dense_curvature(problem)
     return problem, h, sigma, lr, stable_tol
@@ -53,7 +54,7 @@ def dense_values(problem, h, sigma, lr) -> dict[int, float]:
 def case(request):
     """The sweep over every B = 1..n, the separate theorem1 calls with the same sharpness, the dense values."""
     problem, h, sigma, lr, stable_tol = _case(request.param)
-    opts = dict(tol=TOL, maxiter=problem.dim, stable_tol=stable_tol)
+    opts = dict(tol=TOL, maxiter=problem.dim, stable_tol=stable_tol, form="full")
     a = stabcheck.sharpness(problem, tol=TOL, maxiter=problem.dim)
     sizes = range(1, problem.n + 1)
     sweep = theorem1_batch_sizes(problem, lr, sizes, sharpness=a, **opts)
@@ -104,7 +105,7 @@ def test_fewer_products_than_separate_calls_and_every_one_counted(case):
 
 def test_a_not_certified_largest_batch_decides_every_smaller_one():
     problem = make_problem("mlp-tanh", "mse")  # λ_max(T) > 1 + stable_tol at every B (negative curvature)
-    sweep = theorem1_batch_sizes(problem, 0.1, [1, 2, 3, problem.n], tol=TOL, maxiter=problem.dim)
+    sweep = theorem1_batch_sizes(problem, 0.1, [1, 2, 3, problem.n], form="full", tol=TOL, maxiter=problem.dim)
     assert sweep.solved == (problem.n,)
     assert [r.verdict for r in sweep] == [NOT_CERTIFIED] * 4
     assert all(r.lower >= sweep.result(problem.n).value for r in sweep)
@@ -113,7 +114,7 @@ def test_a_not_certified_largest_batch_decides_every_smaller_one():
 def test_stable_everywhere_solves_the_two_ends_only():
     problem, his, h, sigma = _toy()
     lr = 0.5 * theorem1_threshold(his, 1)
-    sweep = theorem1_batch_sizes(problem, lr, range(1, problem.n + 1), tol=TOL)
+    sweep = theorem1_batch_sizes(problem, lr, range(1, problem.n + 1), form="full", tol=TOL)
     assert sweep.solved == (1, problem.n)
     assert {r.verdict for r in sweep} == {CERTIFIED_STABLE}
     truth = dense_values(problem, h, sigma, lr)
@@ -123,7 +124,7 @@ def test_stable_everywhere_solves_the_two_ends_only():
 def test_sharpness_beyond_two_over_lr_needs_no_solve():
     problem = _toy()[0]
     a = stabcheck.sharpness(problem, tol=TOL)
-    sweep = theorem1_batch_sizes(problem, 1.1 * 2 / a.value, [1, 5, problem.n], tol=TOL, sharpness=a)
+    sweep = theorem1_batch_sizes(problem, 1.1 * 2 / a.value, [1, 5, problem.n], form="full", tol=TOL, sharpness=a)
     assert sweep.solved == ()
     assert all(r.verdict == NOT_CERTIFIED and r.sharpness_exceeded for r in sweep)
     assert dict(sweep.products) == {"hessian": 1, "sigma": 1}, "only the tangent at H's top eigenvector"
@@ -132,8 +133,8 @@ def test_sharpness_beyond_two_over_lr_needs_no_solve():
 def test_sweep_without_sharpness_measures_and_counts_it():
     problem = _toy()[0]
     given = stabcheck.sharpness(problem, tol=1e-6)
-    alone = theorem1_batch_sizes(problem, 0.1, [2, 4], tol=1e-6)
-    with_a = theorem1_batch_sizes(problem, 0.1, [2, 4], tol=1e-6, sharpness=given)
+    alone = theorem1_batch_sizes(problem, 0.1, [2, 4], form="full", tol=1e-6)
+    with_a = theorem1_batch_sizes(problem, 0.1, [2, 4], form="full", tol=1e-6, sharpness=given)
     assert alone.sharpness.value == given.value
     assert alone.products["hessian"] - with_a.products["hessian"] == given.matvecs
     assert [r.verdict for r in alone] == [r.verdict for r in with_a]
@@ -141,7 +142,7 @@ def test_sweep_without_sharpness_measures_and_counts_it():
 
 def test_results_lookup_repeats_and_json():
     problem = _toy()[0]
-    sweep = theorem1_batch_sizes(problem, 0.1, [4, 2, 4], tol=1e-6)
+    sweep = theorem1_batch_sizes(problem, 0.1, [4, 2, 4], form="full", tol=1e-6)
     assert isinstance(sweep, Theorem1Sweep) and sweep.batch_sizes == (2, 4) and len(sweep) == 2
     assert sweep.result(4).batch_size == 4
     with pytest.raises(KeyError, match="batch size 3 is not in this sweep"):

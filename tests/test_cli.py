@@ -30,7 +30,7 @@ def _args(tmp_path, *extra):
 def test_measure_prints_table_and_writes_json_matching_the_library(saved, capsys):
     tmp_path, model, x, y = saved
     out = tmp_path / "result.json"
-    assert main(_args(tmp_path, "--batch-size", "1", "12", "--json", str(out))) == 0
+    assert main(_args(tmp_path, "--batch-size", "1", "12", "--form", "full", "--json", str(out))) == 0
     table = capsys.readouterr().out
     assert "sharpness" in table and "Theorem 1" in table
     result = json.loads(out.read_text())
@@ -42,11 +42,32 @@ def test_measure_prints_table_and_writes_json_matching_the_library(saved, capsys
     # One sweep: GD (the largest B) is solved and is not certified, which decides B = 1 by a bound.
     sgd, gd = result["settings"]
     assert (gd["theorem1_source"], sgd["theorem1_source"], sgd["theorem1"]) == ("solve", "bound", None)
-    assert gd["theorem1"] == pytest.approx(stabcheck.theorem1(prob, 0.5, 12).value, rel=1e-6)
-    separate = stabcheck.theorem1(prob, 0.5, 1)
+    assert gd["theorem1"] == pytest.approx(stabcheck.theorem1(prob, 0.5, 12, form="full").value, rel=1e-6)
+    separate = stabcheck.theorem1(prob, 0.5, 1, form="full")
     assert sgd["theorem1_verdict"] == separate.verdict == "not certified"
     assert sgd["theorem1_lower"] <= separate.value and sgd["theorem1_upper"] is None
     assert f">={sgd['theorem1_lower']:.6f}" in table
+
+
+def test_measure_prints_the_sample_form_by_default(saved, capsys):
+    """d = 123 > nK = 36 at a squared-error loss: the sample form, its μ, margin and residual term."""
+    tmp_path, model, x, y = saved
+    out = tmp_path / "result.json"
+    assert main(_args(tmp_path, "--lr", "0.01", "--batch-size", "1", "2", "12", "--json", str(out))) == 0
+    table = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    prob = stabcheck.Problem(model.eval(), x, y, dtype=torch.float64)
+    alone = {b: stabcheck.theorem1(prob, 0.01, b) for b in (1, 2, 12)}
+    rows = {r["batch_size"]: r for r in result["settings"]}
+    assert {r["theorem1_form"] for r in rows.values()} == {"sample"}
+    for b in (1, 12):
+        assert rows[b]["mu"] == pytest.approx(alone[b].mu, rel=1e-6)
+        assert rows[b]["margin"] == pytest.approx(2 - alone[b].mu, rel=1e-6)
+        assert f"mu={rows[b]['mu']:.6f}" in table
+    assert rows[2]["mu"] is None and rows[2]["mu_lower"] <= alone[2].mu <= rows[2]["mu_upper"]
+    assert all(r["theorem1_verdict"] == alone[b].verdict for b, r in rows.items())
+    assert result["residual"]["size"] == pytest.approx(alone[1].residual.size, rel=1e-6)
+    assert "margin" in table and "residual term H - G" in table
 
 
 @pytest.mark.parametrize("change,message", [

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import stabcheck
-from stabcheck.curvature.criteria import CERTIFIED_STABLE, NOT_CERTIFIED, UNKNOWN, VERDICTS
+from stabcheck.curvature.results import CERTIFIED_STABLE, NOT_CERTIFIED, UNKNOWN, VERDICTS
 from stabcheck.curvature.exact import theorem1_threshold
 from stabcheck.curvature.operators import HessianOperator, SigmaOperator, Theorem1Operator
 from stabcheck.experiments.toys import QuadraticToy
@@ -44,7 +44,7 @@ def test_results_are_immutable(mlp):
     problem = mlp[0]
     a = stabcheck.sharpness(problem, tol=1e-6)
     s = stabcheck.non_uniformity(problem, tol=1e-6)
-    t = stabcheck.theorem1(problem, 0.1, 2, tol=1e-6, sharpness=a)
+    t = stabcheck.theorem1(problem, 0.1, 2, form="full", tol=1e-6, sharpness=a)
     for result, name in ((a.eigen, "value"), (a, "eigen"), (s, "engine"), (t, "lr"), (t, "rayleigh_top")):
         with pytest.raises(dataclasses.FrozenInstanceError):
             setattr(result, name, 0.0)
@@ -76,7 +76,7 @@ def test_as_dict_is_json_ready(mlp):
     problem = mlp[0]
     a = stabcheck.sharpness(problem, tol=1e-6)
     s = stabcheck.non_uniformity(problem, tol=1e-6)
-    t = stabcheck.theorem1(problem, 0.1, 2, tol=1e-6, sharpness=a)
+    t = stabcheck.theorem1(problem, 0.1, 2, form="full", tol=1e-6, sharpness=a)
     for result in (a.eigen, a, s, t):
         d = json.loads(json.dumps(result.as_dict()))
         assert d["value"] == result.value and "vector" not in d
@@ -89,8 +89,8 @@ def test_theorem1_with_given_sharpness_equals_without_and_saves_its_products(mlp
     problem, his, _, _ = mlp
     lr, batch = 0.3, 2
     a = stabcheck.sharpness(problem, tol=1e-8, maxiter=problem.dim)
-    given = stabcheck.theorem1(problem, lr, batch, method=method, tol=1e-8, maxiter=problem.dim, sharpness=a)
-    alone = stabcheck.theorem1(problem, lr, batch, method=method, tol=1e-8, maxiter=problem.dim)
+    given = stabcheck.theorem1(problem, lr, batch, method=method, form="full", tol=1e-8, maxiter=problem.dim, sharpness=a)
+    alone = stabcheck.theorem1(problem, lr, batch, method=method, form="full", tol=1e-8, maxiter=problem.dim)
     assert given.value == pytest.approx(alone.value, rel=1e-12)
     assert given.rayleigh_top == pytest.approx(alone.rayleigh_top, rel=1e-12)
     assert given.sharpness == alone.sharpness == a.value
@@ -102,7 +102,7 @@ def test_theorem1_with_given_sharpness_equals_without_and_saves_its_products(mlp
 
 
 def test_given_sharpness_of_another_problem_is_refused(mlp, toy):
-    with pytest.raises(ValueError, match="pass the sharpness of this problem"):
+    with pytest.raises(ValueError, match="measured on another problem"):
         stabcheck.theorem1(mlp[0], 0.1, 2, sharpness=stabcheck.sharpness(toy[0]))
     with pytest.raises(TypeError, match="SharpnessResult"):
         stabcheck.theorem1(mlp[0], 0.1, 2, sharpness=stabcheck.sharpness(mlp[0]).eigen)
@@ -111,7 +111,7 @@ def test_given_sharpness_of_another_problem_is_refused(mlp, toy):
 def test_verdict_certified_stable(toy):
     problem, hessians = toy
     lr = 0.5 * theorem1_threshold(hessians, 1)
-    t = stabcheck.theorem1(problem, lr, 1, tol=TOL)
+    t = stabcheck.theorem1(problem, lr, 1, form="full", tol=TOL)
     assert t.value == pytest.approx(dense_theorem1(hessians, lr, 1), rel=1e-8)
     assert (t.verdict, t.stable, t.converged, t.sharpness_exceeded) == (CERTIFIED_STABLE, True, True, False)
 
@@ -120,7 +120,7 @@ def test_verdict_not_certified_below_the_sharpness_bound(toy):
     """Past Theorem 1's threshold but with a < 2/η: not certified, and nothing proves it unstable."""
     problem, hessians = toy
     lr = 1.2 * theorem1_threshold(hessians, 1)
-    t = stabcheck.theorem1(problem, lr, 1, tol=TOL)
+    t = stabcheck.theorem1(problem, lr, 1, form="full", tol=TOL)
     assert t.sharpness * lr < 2, "the case needs a < 2/η"
     assert t.value == pytest.approx(dense_theorem1(hessians, lr, 1), rel=1e-8) and t.value > 1 + t.stable_tol
     assert (t.verdict, t.stable, t.sharpness_exceeded) == (NOT_CERTIFIED, False, False)
@@ -129,7 +129,7 @@ def test_verdict_not_certified_below_the_sharpness_bound(toy):
 def test_verdict_not_certified_and_sharpness_exceeded(toy):
     problem, hessians = toy
     a = stabcheck.sharpness(problem, tol=TOL)
-    t = stabcheck.theorem1(problem, 1.1 * 2 / a.value, problem.n, tol=TOL, sharpness=a)
+    t = stabcheck.theorem1(problem, 1.1 * 2 / a.value, problem.n, form="full", tol=TOL, sharpness=a)
     assert (t.verdict, t.stable, t.sharpness_exceeded) == (NOT_CERTIFIED, False, True)
     assert t.rayleigh_top == pytest.approx((1 - 2.2) ** 2, rel=1e-6), "at B = n, vᵀTv = (1 − ηa)²"
 
@@ -137,7 +137,7 @@ def test_verdict_not_certified_and_sharpness_exceeded(toy):
 def test_verdict_unknown_when_the_solver_stops_early(toy):
     problem, hessians = toy
     lr = 0.5 * theorem1_threshold(hessians, 1)
-    t = stabcheck.theorem1(problem, lr, 1, tol=TOL, maxiter=1)
+    t = stabcheck.theorem1(problem, lr, 1, form="full", tol=TOL, maxiter=1)
     assert not t.converged and t.value <= 1 + t.stable_tol
     assert (t.verdict, t.stable) == (UNKNOWN, False)
     assert set(VERDICTS) == {CERTIFIED_STABLE, NOT_CERTIFIED, UNKNOWN}
@@ -161,7 +161,7 @@ def test_theorem1_operator_counts_its_parts(mlp):
 
 def test_theorem1_result_counts_every_product(mlp):
     problem = mlp[0]
-    t = stabcheck.theorem1(problem, 0.1, 2, tol=1e-6)
+    t = stabcheck.theorem1(problem, 0.1, 2, form="full", tol=1e-6)
     a = stabcheck.sharpness(problem, tol=1e-6)
     # The solve on T, one more T product for rayleigh_top, and the sharpness solve.
     steps = t.matvecs + 1
@@ -209,7 +209,7 @@ def test_sharpness_through_factored_and_autodiff_hvp_agree(model_name, loss):
 
 def test_theorem1_through_factored_and_autodiff_hvp_agree(mlp):
     problem = mlp[0]
-    runs = [stabcheck.theorem1(problem, 0.3, 2, tol=TOL, maxiter=problem.dim, hvp=path)
+    runs = [stabcheck.theorem1(problem, 0.3, 2, form="full", tol=TOL, maxiter=problem.dim, hvp=path)
             for path in ("factored", "autodiff")]
     assert runs[0].verdict == runs[1].verdict
     assert runs[0].value == pytest.approx(runs[1].value, rel=1e-10)

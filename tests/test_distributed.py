@@ -144,7 +144,8 @@ def test_torchrun_measure_reports_once_with_the_numbers_of_one_process(tmp_path)
     y = torch.nn.functional.one_hot(torch.randint(0, 3, (7,), generator=g), 3).float()
     torch.save({"inputs": x, "targets": y}, tmp_path / "data.pt")
     args = ["measure", "--model", str(tmp_path / "model.pt"), "--arch", "fnn:widths=6", "--data-file",
-            str(tmp_path / "data.pt"), "--lr", "0.5", "--batch-size", "2", "7", "--dtype", "float64", "--tol", "1e-10"]
+            str(tmp_path / "data.pt"), "--lr", "0.5", "--batch-size", "2", "7", "--dtype", "float64", "--tol", "1e-10",
+            "--form", "full"]  # the sample form needs every sample on one process
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     one = subprocess.run([sys.executable, "-m", "stabcheck", *args, "--json", str(tmp_path / "one.json")],

@@ -95,7 +95,7 @@ def test_theorem1_matrix_and_value(case, lr, batch):
     torch.testing.assert_close(Theorem1Operator(problem, lr, batch, excess=True).matvec(v), t @ v - v,
                                rtol=RTOL, atol=1e-10)
     expected = torch.linalg.eigvalsh(t)[-1].item()
-    result = stabcheck.theorem1(problem, lr, batch, tol=1e-9, maxiter=problem.dim)
+    result = stabcheck.theorem1(problem, lr, batch, form="full", tol=1e-9, maxiter=problem.dim)
     assert result.value == pytest.approx(expected, rel=RTOL, abs=1e-9)
     assert result.rayleigh_top <= expected + 1e-9, "rayleigh_top must be a lower bound (a Rayleigh quotient)"
     assert result.converged and result.stable == (expected <= 1 + result.stable_tol)

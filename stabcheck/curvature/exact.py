@@ -173,7 +173,7 @@ def second_moment_matrix(hessians: Tensor, lr: float, batch_size: int, replace: 
     return torch.eye(k.shape[0], dtype=k.dtype) - lr * k + lr * lr * q
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class MeanSquareResult:
     """Spectral radius ρ of S ↦ E[(I − ηH_ξ) S (I − ηH_ξ)] and its verdict (ρ ≤ 1 + stable_tol: stable).
 

@@ -239,30 +239,43 @@ def measure(args) -> dict:
     s = non_uniformity(prob, engine=args.engine, **opts)
     progress(f"[measure] non-uniformity s = {s.value:.6g} ({s.matvecs} products, engine={s.engine}, converged={s.converged})")
     rows = []
-    # One sweep: T is solved at some B only; the others are decided by bounds from those solves.
-    sweep = theorem1_batch_sizes(prob, args.lr, batches, engine=args.engine, sharpness=a, **opts)
+    # One sweep: Theorem 1 is solved at some B only; the others are decided by bounds from those solves.
+    try:
+        sweep = theorem1_batch_sizes(prob, args.lr, batches, form=args.form, sharpness=a, engine=args.engine, **opts)
+    except ProblemError as err:
+        raise CliError(f"--form {args.form}: {err}") from err
     progress(f"[measure] Theorem 1 solved at B = {list(sweep.solved)} ({dict(sweep.products)} products)")
+    residual = None
     for t1 in sweep:
         b = t1.batch_size
         s_bound = nonuniformity_bound(args.lr, b, prob.n)
-        solved = t1.source == "solve"
+        mu = getattr(t1, "mu", None)
+        mu_upper = getattr(t1, "mu_upper", None)
+        if t1.form == "sample" and t1.solved:  # the residual term (a full-form result's is the solver's)
+            residual = t1.residual
         rows.append({
             "batch_size": b, "sharpness_bound": sharpness_bound(args.lr), "nonuniformity_bound": s_bound,
             "a_within_bound": a.value <= sharpness_bound(args.lr), "s_within_bound": s.value <= s_bound,
-            "theorem1": t1.value if solved else None, "theorem1_source": t1.source,
+            "theorem1": t1.value, "theorem1_form": t1.form, "theorem1_source": t1.source,
             "theorem1_lower": t1.lower, "theorem1_upper": t1.upper, "theorem1_stable": t1.stable,
-            "theorem1_converged": t1.converged if solved else None,
+            "theorem1_converged": t1.converged if t1.solved else None,
             "theorem1_verdict": t1.verdict, "sharpness_exceeded": t1.sharpness_exceeded,
+            "mu": mu, "mu_lower": getattr(t1, "mu_lower", None), "mu_upper": mu_upper,
+            "margin": None if t1.form != "sample" else 2.0 - (mu if mu is not None else mu_upper),
         })
     return {
         "model": args.model, "n": prob.n, "dim": prob.dim, "loss": args.loss, "lr": args.lr,
         "training_loss": prob.loss_value(), "sharpness": a.as_dict(), "non_uniformity": s.as_dict(),
-        "settings": rows, "mode": "eval", "processes": distributed.world_size(),
+        "settings": rows, "residual": None if residual is None else residual.as_dict(), "mode": "eval",
+        "processes": distributed.world_size(),
     }
 
 
 def _theorem1_cell(row: dict) -> str:
-    """A solved value, or the bound that decided the verdict of a batch size that was not solved."""
+    """A solved value, or the bound that decided the verdict of a batch size that was not solved: λmax(T)
+    in the full form, μ in the sample form."""
+    if row["theorem1_form"] == "sample":
+        return f"mu={row['mu']:.6f}" if row["mu"] is not None else f"mu<={row['mu_upper']:.6f}"
     if row["theorem1_source"] == "solve":
         return f"{row['theorem1']:.6f}"
     if row["theorem1_verdict"] == "not certified":
@@ -282,8 +295,17 @@ def _table(result: dict) -> str:
     ]
     cells = [[r["batch_size"], f"{r['sharpness_bound']:.4g}", r["a_within_bound"],
               "inf" if math.isinf(r["nonuniformity_bound"]) else f"{r['nonuniformity_bound']:.4g}",
-              r["s_within_bound"], _theorem1_cell(r), r["theorem1_verdict"]] for r in result["settings"]]
-    lines.append(table(["B", "2/lr", "a ok", "s bound", "s ok", "Theorem 1", "verdict"], cells, align="rrrrrrr"))
+              r["s_within_bound"], r["theorem1_form"], _theorem1_cell(r),
+              "" if r["margin"] is None else f"{r['margin']:.4f}", r["theorem1_verdict"]] for r in result["settings"]]
+    lines.append(table(["B", "2/lr", "a ok", "s bound", "s ok", "form", "Theorem 1", "margin", "verdict"], cells,
+                       align="rrrrrrrrr"))
+    if any(r["theorem1_form"] == "sample" for r in result["settings"]):
+        lines.append("sample form: mu = eta*lambda_max((1-p)(c'/n)Gamma + p c'D) <= 2 certifies Theorem 1 at the "
+                     "interpolation limit; margin = 2 - mu")
+    res = result.get("residual")
+    if res is not None:
+        lines.append(f"residual term H - G (left out of the sample form): |H - G| >= {res['size']:.3g} "
+                     f"(eigenvalues {res['smallest']:.3g} .. {res['largest']:.3g}, {res['steps']} Lanczos steps)")
     return "\n".join(lines)
 
 
@@ -309,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--batch-size", type=int, nargs="+", help="batch sizes B to check (default: n, i.e. GD)")
     m.add_argument("--method", choices=("lanczos", "power"), default="lanczos", help="eigensolver (default lanczos)")
     m.add_argument("--engine", default="auto", help="Σ engine: auto (default), loop, vmap, or another registered one")
+    m.add_argument("--form", choices=("auto", "sample", "full"), default="auto",
+                   help="Theorem 1 in sample space (mu <= 2; squared-error losses with d > nK) or in parameter "
+                        "space (lambda_max(T) <= 1); auto (default) picks sample where it applies")
     m.add_argument("--tol", type=float, default=1e-4, help="relative tolerance of the eigensolver (default 1e-4)")
     m.add_argument("--maxiter", type=int, default=50, help="iteration cap of the eigensolver (default 50)")
     m.add_argument("--seed", type=int, default=0, help="seed of the start vector (default 0)")
