@@ -8,7 +8,6 @@ from functools import lru_cache
 import pytest
 import torch
 
-from stabcheck.experiments import ensemble
 from stabcheck.experiments.ensemble import train_ensemble
 from stabcheck.experiments.models import build_model
 from stabcheck.experiments.train import TrainError, train
@@ -88,28 +87,28 @@ UPDATES = [pytest.param({"engine": "mlp"}, 0.0, id="mlp"), pytest.param({"engine
            pytest.param({"engine": "vmap"}, 0.0, id="vmap"), pytest.param({"engine": "vmap"}, 0.9, id="vmap-mu0.9")]
 
 
-def _options(engine: dict, monkeypatch) -> dict:
+def _options(engine: dict) -> dict:
     """train_ensemble's options; per_member lowers the size above which gradients go member by member."""
-    if engine.get("per_member"):
-        monkeypatch.setattr(ensemble, "BATCHED_GRADIENT_BYTES", 0)
-    return {k: v for k, v in engine.items() if k != "per_member"}
+    options = {k: v for k, v in engine.items() if k != "per_member"}
+    return {**options, "batched_gradient_bytes": 0} if engine.get("per_member") else options
 
 
 @pytest.mark.parametrize("engine, momentum", UPDATES)
 @pytest.mark.parametrize("batch_size", SGD_AND_GD)
-def test_members_equal_train_float64(engine, momentum, batch_size, monkeypatch):
+def test_members_equal_train_float64(engine, momentum, batch_size):
     x, y = _data()
     kw = {"lr": 0.5, "batch_size": batch_size, "momentum": momentum, "tol": 5e-3, "max_iters": 400}
     alone = _reference(torch.float64, (16,), tuple(kw.items()))
-    together = train_ensemble(_nets(), x, y, seeds=SEEDS, check_every=16, **_options(engine, monkeypatch), **kw)
+    together = train_ensemble(_nets(), x, y, seeds=SEEDS, check_every=16, **_options(engine), **kw)
     # The members stop at different steps, so later steps run with frozen members.
     assert len({r.iterations for r in alone}) > 1
+    assert {r.engine for r in together} == {engine["engine"]} and {r.engine for r in alone} == {"autograd"}
     _assert_as_alone(alone, together, 1e-10)
 
 
 @pytest.mark.parametrize("engine, momentum", UPDATES)
 @pytest.mark.parametrize("batch_size", SGD_AND_GD)
-def test_members_close_to_train_float32(engine, momentum, batch_size, monkeypatch):
+def test_members_close_to_train_float32(engine, momentum, batch_size):
     """Batched products and the fused update may round differently from train(): ≤ 1e-4 relative.
 
     Measured on this CPU (MKL): the mlp engine is bit-identical to train() (here; the paper's FNN
@@ -123,7 +122,7 @@ def test_members_close_to_train_float32(engine, momentum, batch_size, monkeypatc
     x, y = _data(torch.float32)
     kw = {"lr": 0.5, "batch_size": batch_size, "momentum": momentum, "tol": 2e-4, "max_iters": 400}
     alone = _reference(torch.float32, (64,), tuple(kw.items()))
-    together = train_ensemble(_nets(torch.float32, widths=(64,)), x, y, seeds=SEEDS, **_options(engine, monkeypatch),
+    together = train_ensemble(_nets(torch.float32, widths=(64,)), x, y, seeds=SEEDS, **_options(engine),
                               **kw)
     agreeing = [(a, b) for a, b in zip(alone, together) if a.iterations == b.iterations]
     assert agreeing

@@ -92,7 +92,7 @@ def test_converges_and_reports():
     assert rec.final_loss < 5e-3 and rec.iterations == len(rec.loss_curve) < 5000
     d = rec.as_dict()
     assert {"seed", "dtype", "device", "lr", "batch_size", "wall_time", "iters_per_second", "threads"} <= set(d)
-    assert "state" not in d and d["threads"] == 1
+    assert "state" not in d and d["threads"] == 1 and d["engine"] == "autograd"
 
 
 def test_iteration_cap_is_a_status():

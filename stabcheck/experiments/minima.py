@@ -32,12 +32,14 @@ import torch
 from filelock import FileLock
 from torch import nn
 
-from .data import Dataset, load_dataset
-from .ensemble import matches_train, train_ensemble
-from .models import build_model
 from ..curvature.problem import Problem
+from .data import Dataset, load_dataset
+from .ensemble import train_ensemble
+from .models import build_model
 from .setups import MinimumConfig
-from .train import TRAINER_VERSION, train
+from .sgd import TRAINER_VERSION
+from .stacked import matches_train
+from .train import train
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # What a cache file holds; a file without one of them is damaged.
@@ -181,7 +183,7 @@ class MinimaCache:
 
         Configs that differ only in ``seed`` form a setting. Where two or more of a setting's minima are
         missing, the setting is SGD (B < n) on the CPU and the ensemble trainer reproduces ``train`` bit
-        for bit there (:func:`~stabcheck.experiments.ensemble.matches_train`), they are trained in one
+        for bit there (:func:`~stabcheck.experiments.stacked.matches_train`), they are trained in one
         :func:`~stabcheck.experiments.ensemble.train_ensemble` run under all their locks and stored
         as ``get`` would store them (same keys; the record's ``ensemble`` says how many trained
         together). Everything else goes through ``get``: GD keeps its checkpoints, and an ensemble has
