@@ -34,7 +34,7 @@ def test_miss_then_hit_gives_the_same_minimum(tmp_path):
     assert second.record == first.record and second.loss_curve == first.loss_curve
     assert all(torch.equal(first.state[k], second.state[k]) for k in first.state)
     summary = json.loads((tmp_path / f"{first.key}.json").read_text())
-    assert summary["label"] == "tiny-eta0.5-Bn-seed0" and summary["seed"] == 0 and summary["dtype"] == "float32"
+    assert summary["label"] == "tiny-lr=0.5-B=n-seed=0" and summary["seed"] == 0 and summary["dtype"] == "float32"
 
 
 def test_seeds_of_one_sgd_setting_train_together_as_each_alone(tmp_path):
@@ -128,3 +128,20 @@ def _scratch_root() -> Path:
     root = ROOT / ".cache" / "scratch"
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+def test_labels_are_the_test_ids_of_the_reference_report():
+    """One label format: every id in reports/reference that names a trained minimum is that config's label."""
+    import re
+
+    from claims.suite import case_id
+
+    pattern = re.compile(r"([a-z_0-9]+)-lr=([0-9.e-]+)-B=(n|[0-9]+)(?:-mu=([0-9.]+))?-seed=([0-9]+)")
+    cases = json.loads((ROOT / "reports" / "reference" / "claims.json").read_text())["cases"]
+    found = [m for c in cases for m in [pattern.match(c["test"].partition("[")[2])] if m]
+    assert len(found) >= 20
+    for m in found:
+        name, lr, batch, mu, seed = m.groups()
+        setup = Setup(name, "fashion_mnist", 100, "fnn")
+        config = setup.config(float(lr), None if batch == "n" else int(batch), int(seed), float(mu or 0))
+        assert config.label == case_id(config) == m.group(0)

@@ -33,6 +33,7 @@ from filelock import FileLock
 from torch import nn
 
 from ..curvature.problem import Problem
+from ..files import write_atomic
 from .data import Dataset, load_dataset
 from .ensemble import train_ensemble
 from .models import build_model
@@ -273,9 +274,9 @@ class MinimaCache:
         record["data_source"] = dataset.source
         record["ensemble"] = ensemble
         blob = {"config": config.as_dict(), "record": record, "loss_curve": rec.loss_curve, "state": rec.state}
-        _atomic_write(path, lambda fh: torch.save(blob, fh))
+        write_atomic(path, lambda fh: torch.save(blob, fh))
         summary = {"config": config.as_dict(), "label": config.label, **record}
-        _atomic_write(path.with_suffix(".json"), lambda fh: fh.write(json.dumps(summary, indent=1).encode()))
+        write_atomic(path.with_suffix(".json"), json.dumps(summary, indent=1))
         if self.progress:
             together = f" (one of {ensemble} trained together)" if ensemble > 1 else ""
             print(f"[minima] {config.label}: {rec.status} after {rec.iterations} iterations, "
@@ -294,12 +295,3 @@ def _remove_stale_temporaries(path: Path) -> None:
     for tmp in path.parent.glob(f".{path.stem}.*.tmp"):
         tmp.unlink(missing_ok=True)
 
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

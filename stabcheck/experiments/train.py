@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from ..curvature.problem import per_sample_loss
 from ..curvature.threads import torch_threads
+from ..files import write_atomic
 from .sgd import (TRAINER_VERSION, BatchSampler, StopRule, TrainError, TrainRecord, TrainSettings, check_threads,
                   full_loss, place, progress_reporter)
 
@@ -163,12 +164,7 @@ def _save_checkpoint(path: Path, settings: dict, it: int, model: nn.Module, opt,
                      curve: list[float], wall: float) -> None:
     blob = {"settings": settings, "iteration": it, "model": model.state_dict(), "optimizer": opt.state_dict(),
             "sampler": batches.state(), "ema": ema, "curve": curve, "wall_time": wall}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(blob, tmp)
-        os.replace(tmp, path)  # a kill during the write leaves the previous checkpoint intact
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, lambda fh: torch.save(blob, fh))  # a kill during the write leaves the previous checkpoint
 
 
 def _resume(path: Path, settings: dict, model: nn.Module, opt, batches: BatchSampler):
