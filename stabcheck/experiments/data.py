@@ -256,14 +256,46 @@ def _select(labels: np.ndarray, classes: tuple[int, ...], n: int | None, what: s
     return rows, remap[labels[rows]]
 
 
-def _cifar_torchvision(folder: Path, classes, n, with_test) -> Dataset:
-    def batch(name):
-        with open(folder / name, "rb") as fh:
-            d = pickle.load(fh, encoding="latin1")
-        images = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        return images, np.asarray(d["labels"])
+class _ArraysOnly(pickle.Unpickler):
+    """An unpickler that builds only containers, numbers, strings and numpy arrays: any other global
+    (``os.system``, a class whose ``__reduce__`` runs code) is refused before it is called."""
 
-    parts = [batch(f"data_batch_{i}") for i in range(1, 6)]
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+               ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"global {module}.{name}")
+        if module.startswith("numpy.core."):  # the name in Python 2 era pickles (the CIFAR-10 files)
+            module = "numpy._core." + module.removeprefix("numpy.core.")
+        return super().find_class(module, name)
+
+
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images N×32×32×3, labels) of a ``cifar-10-batches-py`` file, unpickled as data only.
+
+    The files are pickles; :class:`DataRequestError` refuses one that would build anything but
+    containers, numbers, strings and arrays (it could run code), or that lacks ``data`` and ``labels``.
+    """
+    try:
+        with open(path, "rb") as fh:
+            d = _ArraysOnly(fh, encoding="latin1").load()
+    except pickle.UnpicklingError as err:
+        raise DataRequestError(f"{path} is not a CIFAR-10 batch of plain arrays ({err} is not allowed): stabcheck "
+                               "never runs code from a data folder; replace cifar-10-batches-py by the original "
+                               "files (https://www.cs.toronto.edu/~kriz/cifar.html)") from None
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as err:
+        raise DataRequestError(f"{path} is damaged or not a CIFAR-10 batch ({type(err).__name__}); replace it by "
+                               "the original file") from None
+    if not isinstance(d, dict) or "data" not in d or "labels" not in d:
+        raise DataRequestError(f"{path} is not a CIFAR-10 batch: expected a dict with 'data' and 'labels'")
+    images = np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return images, np.asarray(d["labels"], dtype=np.int64)
+
+
+def _cifar_torchvision(folder: Path, classes, n, with_test) -> Dataset:
+    parts = [read_cifar_batch(folder / f"data_batch_{i}") for i in range(1, 6)]
     x = np.concatenate([p[0] for p in parts])
     y = np.concatenate([p[1] for p in parts])
     rows, labels = _select(y, classes, n, f"CIFAR-10 training images of classes {classes}")
@@ -273,7 +305,7 @@ def _cifar_torchvision(folder: Path, classes, n, with_test) -> Dataset:
         train_index=torch.from_numpy(rows.astype(np.int64)),
     )
     if with_test:
-        x, y = batch("test_batch")
+        x, y = read_cifar_batch(folder / "test_batch")
         rows, labels = _select(y, classes, None, "CIFAR-10 test images")
         ds.test_inputs, ds.test_labels = _images_to_tensor(x[rows]), torch.from_numpy(labels)
     return ds
@@ -283,7 +315,7 @@ def _cifar_offline(folder: Path, classes, n, with_test, allow_jpeg) -> Dataset:
     """From cifar10_all_subset.npz (exact; train 0..3999, test 0..999), and with ``allow_jpeg`` from
     cifar10_subset.npz (classes 0/1 only, partly JPEG-decoded, counted in the notes)."""
     what = f"CIFAR-10 training images of classes {classes}"
-    exact = np.load(folder / "cifar10_all_subset.npz")
+    exact = np.load(folder / "cifar10_all_subset.npz", allow_pickle=False)
     rows, labels = _select(exact["train_labels"], classes, None, what)
     need = len(rows) if n is None else _check_n(n, CIFAR_TRAIN_SIZE, what)
     notes: list[str] = []
@@ -292,7 +324,7 @@ def _cifar_offline(folder: Path, classes, n, with_test, allow_jpeg) -> Dataset:
         train = exact
         source = f"offline npz: {folder / 'cifar10_all_subset.npz'}"
     elif jpeg_ok:
-        train = np.load(folder / "cifar10_subset.npz")
+        train = np.load(folder / "cifar10_subset.npz", allow_pickle=False)
         rows, labels = _select(train["train_labels"], classes, need, what)
         source = f"offline npz: {folder / 'cifar10_subset.npz'}"
         lossy = int((~train["train_lossless"][rows]).sum())
@@ -312,7 +344,7 @@ def _cifar_offline(folder: Path, classes, n, with_test, allow_jpeg) -> Dataset:
     )
     if with_test:
         if jpeg_ok:
-            test = np.load(folder / "cifar10_subset.npz")
+            test = np.load(folder / "cifar10_subset.npz", allow_pickle=False)
             rows, labels = _select(test["test_labels"], classes, None, "CIFAR-10 test images")
             lossy = int((~test["test_lossless"][rows]).sum())
             notes.append(f"test set: all {len(rows)} test images of classes {classes}, {lossy} JPEG-decoded")
@@ -363,7 +395,13 @@ def load_cifar10(
         looked.append(f"torchvision root: {folder} (no data_batch_1..5, test_batch)")
     for folder in _offline_candidates(offline_dir):
         if (folder / "cifar10_all_subset.npz").is_file():
-            return _cifar_offline(folder, classes, n, with_test, allow_jpeg)
+            try:
+                return _cifar_offline(folder, classes, n, with_test, allow_jpeg)
+            except DataRequestError:
+                raise
+            except ValueError as err:  # numpy's refusal of an object array (allow_pickle=False)
+                raise DataRequestError(f"the npz files in {folder} hold Python objects ({err}); stabcheck reads "
+                                       "them as plain arrays only: replace them by the original files") from None
         looked.append(f"offline npz: {folder} (no cifar10_all_subset.npz)")
     if download:
         root = Path(download_root or DOWNLOAD_ROOT)
