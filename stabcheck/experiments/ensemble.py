@@ -2,7 +2,7 @@
 
 The members share the data and (η, B, μ, tol, sampler); member m has its own model and seed, so its
 own ``BatchSampler(n, B, sampler, seed_m)``. Every step evaluates each running member on its own
-batch and, exactly as ``train``: a non-finite batch loss or one above ``DIVERGENCE_LOSS`` ends the
+batch and applies ``train``'s stop rule (:class:`~.sgd.StopRule`): a non-finite batch loss or one above ``DIVERGENCE_LOSS`` ends the
 member (``diverged``, no update); otherwise v ← μ v + g, x ← x − η v, then the float64
 ema ← d·ema + (1 − d)·loss and the member ends ``converged`` when ema < tol (from ``min_iters`` on),
 or ``max_iters`` at the cap. The flags live on the device: a member that stops is frozen by masking
@@ -10,21 +10,13 @@ from that step on, and the host reads them only every ``check_every`` steps (the
 stopped members from the stack), yet each record holds the exact stopping iteration. No callback,
 no checkpoints (``train`` has both).
 
-Engines: ``mlp`` for ``[Flatten] Linear (ReLU Linear)*`` nets such as the paper's FNN: batched
-matmuls and a written-out backward that adds −η δᵀa straight into the weights (one ``baddbmm``
-per layer, no gradient tensors); ``vmap``: any model (buffers such as BatchNorm statistics
-included) by ``functional_call`` under ``vmap(grad_and_value)``. Both equal ``train`` up to
-rounding, and a member's result does not depend on the others. Measured on this CPU (MKL): the
-mlp engine bit-identical to ``train`` (float32 and float64, SGD and GD, with and without momentum,
-when every product has at least 400 multiply-adds: below, torch's bmm runs its own loop); vmap
-bit-identical or within 5e-16 (float64), which a BatchNorm net amplifies to 1e-10 in 200 steps.
-
-Cost on the 2-core CPU, one thread, 5 members against one ``train`` run (benchmarks/test_training.py):
-paper FNN, B = 10: see benchmarks/README.md (the batched matmuls stream 5 sets of weights through
-memory); the small profile's FNN 784-50-50-10, B = 10: 1.2×. The vmap engine is for models the mlp
-engine does not take: on the CPU it is slower than training the members one after another (10× one
-run for the paper FNN: ``torch.where`` and fresh gradient tensors every step); on a GPU it saves
-the launches.
+Engines (:mod:`~.stacked`): ``mlp`` for ``[Flatten] Linear (ReLU Linear)*`` nets such as the
+paper's FNN: batched matmuls and a written-out backward; ``vmap``: any model (buffers such as
+BatchNorm statistics included) by ``functional_call`` under ``vmap(grad_and_value)``. Both equal
+``train`` up to rounding, and a member's result does not depend on the others; where the mlp
+engine is bit-identical to ``train`` (:func:`~.stacked.matches_train`) the minima cache trains
+seeds together. What was measured (bit-identity, rounding gaps, cost per step of 5 members against
+one run) is in benchmarks/README.md, "Training several seeds at once".
 
 >>> import copy, torch
 >>> from stabcheck.experiments.models import FNN
@@ -91,9 +83,9 @@ def train_ensemble(
     of one architecture. ``check_every``: steps between host reads of the stop flags (the one
     synchronisation with a GPU; stopped members run on frozen until the next read, then leave the
     stack); it changes no result. ``engine``: ``auto`` takes ``mlp`` where the net qualifies
-    (:func:`mlp_layers`), else ``vmap``. ``fused_update`` (mlp engine, μ = 0): x ← x − η δᵀa in one
-    product, no gradient tensor; faster (paper FNN, B = 10: 0.6× the step time) but rounded once
-    where ``train`` rounds twice, so long float32 runs drift apart from ``train``'s. ``progress``
+    (:func:`~.stacked.mlp_layers`), else ``vmap``. ``fused_update`` (mlp engine, μ = 0): x ← x − η δᵀa
+    in one product, no gradient tensor; faster but rounded once where ``train`` rounds twice, so long
+    float32 runs drift apart from ``train``'s. ``progress``
     and ``num_threads`` as in ``train`` (progress is reported at the checks). ``batched_gradient_bytes``:
     the mlp engine's weight gradients of all members in one product up to this many bytes of stacked
     weights, member by member above (a memory-traffic choice; both give the same result).
