@@ -25,7 +25,8 @@ from torch import nn
 
 from stabcheck import Problem, ProblemError
 from stabcheck.experiments import minima
-from stabcheck.experiments.data import DataRequestError, load_cifar10, read_cifar_batch
+from stabcheck.experiments.cifar import read_cifar_batch
+from stabcheck.experiments.data import DataRequestError, load_cifar10
 from stabcheck.experiments.minima import MinimaCache, MinimaCacheError
 from stabcheck.experiments.models import build_model
 from stabcheck.experiments.setups import Setup
