@@ -171,47 +171,66 @@ class TrainSettings:
 
 
 class StopRule:
-    """When each of M runs ends, on the device: one rule for :func:`train` (M = 1) and the ensemble.
+    """When a run ends: one rule for :func:`~.train.train` (one run, Python numbers on the host) and
+    :func:`~.ensemble.train_ensemble` (M runs, (M,) tensors on the device), written once over
+    operations that both kinds of number have.
 
-    ``step(t, losses)`` takes step t's float64 batch losses of the running members and returns which of
-    them step: a non-finite loss or one above ``DIVERGENCE_LOSS`` ends a member ``diverged`` (no
-    update); the others move ema ← d·ema + (1 − d)·loss (started at the first loss) and end
-    ``converged`` when ema < tol, from ``min_iters`` on. A member still running at the cap ends ``max_iters``.
+    ``step(t, losses)`` takes step t's float64 batch loss(es) of the running run(s) and says which
+    step: a non-finite loss or one above ``DIVERGENCE_LOSS`` ends a run ``diverged`` (no update); the
+    others move ema ← d·ema + (1 − d)·loss (started at the first loss) and end ``converged`` when
+    ema < tol, from ``min_iters`` on. A run still going at the cap ends ``max_iters``.
     """
 
     RUNNING, CONVERGED, DIVERGED = 0, 1, 2
     NAMES = {RUNNING: "max_iters", CONVERGED: "converged", DIVERGED: "diverged"}
 
-    def __init__(self, settings: TrainSettings, members: int, device: torch.device):
+    def __init__(self, settings: TrainSettings, members: int | None = None, device: torch.device | None = None):
+        """``members`` None: one run in Python numbers (no tensor work per step: small nets are overhead-bound)."""
         self.settings = settings
-        self.active = torch.ones(members, dtype=torch.bool, device=device)
-        self.ema = torch.full((members,), math.nan, dtype=torch.float64, device=device)
-        self.stop_at = torch.zeros(members, dtype=torch.int64, device=device)
-        self.status = torch.zeros(members, dtype=torch.int64, device=device)
+        if members is None:
+            self.active, self.ema, self.stop_at, self.status = True, math.nan, 0, self.RUNNING
+        else:
+            self.active = torch.ones(members, dtype=torch.bool, device=device)
+            self.ema = torch.full((members,), math.nan, dtype=torch.float64, device=device)
+            self.stop_at = torch.zeros(members, dtype=torch.int64, device=device)
+            self.status = torch.zeros(members, dtype=torch.int64, device=device)
 
-    def step(self, t: int, losses: Tensor) -> Tensor:
+    def step(self, t: int, losses: float | Tensor) -> bool | Tensor:
         s = self.settings
-        bad = ~torch.isfinite(losses) | (losses > DIVERGENCE_LOSS)
-        stepping = self.active & ~bad
+        finite_and_small = (losses > -math.inf) & (losses <= DIVERGENCE_LOSS)  # False for NaN
+        stepping = self.active & finite_and_small
         moved = losses if t == 1 else self.ema * s.ema_decay + losses * (1.0 - s.ema_decay)
-        self.ema = torch.where(stepping, moved, self.ema)
-        diverged = self.active & bad
-        converged = stepping & (self.ema < s.tol) if t >= s.min_iters else torch.zeros_like(stepping)
+        self.ema = _select(stepping, moved, self.ema)
+        diverged = self.active & _negate(finite_and_small)
+        converged = stepping & (self.ema < s.tol) & (t >= s.min_iters)
         ended = diverged | converged
-        self.stop_at = torch.where(ended, t, self.stop_at)
-        self.status = torch.where(diverged, self.DIVERGED, torch.where(converged, self.CONVERGED, self.status))
-        self.active = self.active & ~ended
+        self.stop_at = _select(ended, t, self.stop_at)
+        self.status = _select(diverged, self.DIVERGED, _select(converged, self.CONVERGED, self.status))
+        self.active = self.active & _negate(ended)
         return stepping
 
     def keep(self, rows: Tensor) -> None:
-        """Keep only these members (indices into the current ones)."""
+        """Keep only these runs (indices into the current ones; M runs only)."""
         for name in ("active", "ema", "stop_at", "status"):
             setattr(self, name, getattr(self, name).index_select(0, rows))
 
     def read(self) -> list[tuple[int, str, float]]:
-        """Per member on the host: (stopping iteration or 0 while running, status name, ema)."""
+        """Per run on the host: (stopping iteration or 0 while running, status name, ema)."""
+        if not isinstance(self.ema, Tensor):
+            return [(self.stop_at, self.NAMES[self.status], self.ema)]
         return [(t, self.NAMES[code], ema) for t, code, ema in
                 zip(self.stop_at.tolist(), self.status.tolist(), self.ema.tolist())]
+
+
+def _select(condition, if_true, if_false):
+    """``torch.where`` for tensors, ``if … else`` for Python numbers."""
+    if isinstance(condition, Tensor):
+        return torch.where(condition, if_true, if_false)
+    return if_true if condition else if_false
+
+
+def _negate(condition):
+    return ~condition if isinstance(condition, Tensor) else not condition
 
 
 def place(models: list[nn.Module], inputs: Tensor, targets: Tensor, loss: str, device, dtype):

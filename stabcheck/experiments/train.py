@@ -113,7 +113,7 @@ def _train(model, inputs, targets, settings: TrainSettings, *, seed, device, dty
     n = int(x.shape[0])
     batches = BatchSampler(n, s.batch_size, s.sampler, seed)
     opt = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum)
-    rule = StopRule(s, 1, torch.device("cpu"))  # the losses are read on the host every step anyway
+    rule = StopRule(s)  # on the host: the loss is read there every step anyway
 
     model.train()
     curve: list[float] = []
@@ -123,7 +123,7 @@ def _train(model, inputs, targets, settings: TrainSettings, *, seed, device, dty
     done, earlier_wall = 0, 0.0
     if checkpoint is not None and checkpoint.exists():
         done, ema, curve, earlier_wall = _resume(checkpoint, blob_settings, model, opt, batches)
-        rule.ema[0] = ema
+        rule.ema = ema
     start = last_report = last_save = time.perf_counter()
     it = done
     for it in range(done + 1, s.max_iters + 1):
@@ -133,23 +133,23 @@ def _train(model, inputs, targets, settings: TrainSettings, *, seed, device, dty
         batch_loss = per_sample_loss(s.loss, model(xb), yb).mean()
         value = float(batch_loss.detach())
         curve.append(value)
-        if not rule.step(it, torch.tensor([value], dtype=torch.float64)).item():
+        if not rule.step(it, value):
             break  # diverged: no update
         batch_loss.backward()
         opt.step()
         if callback is not None and it % callback_every == 0 and callback(it, model, value):
             status = "stopped"
             break
-        if not rule.active.item():
+        if not rule.active:
             break  # converged
         now = time.perf_counter()
         if checkpoint is not None and now - last_save >= checkpoint_every:
             last_save = now
-            _save_checkpoint(checkpoint, blob_settings, it, model, opt, batches, rule.ema.item(), curve,
+            _save_checkpoint(checkpoint, blob_settings, it, model, opt, batches, rule.ema, curve,
                              earlier_wall + now - start)
         if report is not None and now - last_report >= progress_every:
             last_report = now
-            report({"iteration": it, "max_iters": s.max_iters, "ema_loss": rule.ema.item(), "lr": s.lr,
+            report({"iteration": it, "max_iters": s.max_iters, "ema_loss": rule.ema, "lr": s.lr,
                     "batch_size": s.batch_size, "momentum": s.momentum,
                     "iters_per_second": (it - done) / (now - start)})
     wall = earlier_wall + time.perf_counter() - start
