@@ -14,7 +14,6 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -30,7 +29,9 @@ from stabcheck.experiments.data import DataRequestError, load_cifar10
 from stabcheck.experiments.minima import MinimaCache, MinimaCacheError
 from stabcheck.experiments.models import build_model
 from stabcheck.experiments.setups import Setup
-from stabcheck.reporting.cli import main
+
+from .test_bad_input import Behaves, CliRefuses, Raises, Row
+from .test_bad_input import test_bad_input as check_row  # round 1's checks of a row
 
 N = 12
 TINY = Setup("bad-input", "fashion_mnist", 10, "fnn", (("widths", (4,)),), tol=1e-2, max_iters=30)
@@ -48,6 +49,9 @@ class _RunsCode:
 
 @dataclass
 class Workspace:
+    """A saved fnn (widths 6, 3 classes), its data file, a marker file that code from a file would
+    create, and pytest's helpers for the feeds."""
+
     tmp: Path
     capsys: pytest.CaptureFixture
     monkeypatch: pytest.MonkeyPatch
@@ -88,31 +92,6 @@ def ws(tmp_path, capsys, monkeypatch) -> Workspace:
     torch.save({"inputs": torch.rand(N, 1, 4, 4, generator=g), "targets": F.one_hot(labels, 3).double()},
                tmp_path / "data.pt")
     return Workspace(tmp_path, capsys, monkeypatch)
-
-
-@dataclass(frozen=True)
-class Raises:
-    error: type[BaseException]
-    match: str
-
-
-@dataclass(frozen=True)
-class CliRefuses:
-    """``main(argv)`` exits 2 with one ``error:`` line matching ``match``."""
-
-    match: str
-
-
-@dataclass(frozen=True)
-class Behaves:
-    """The feed asserts the right behaviour itself."""
-
-
-@dataclass(frozen=True)
-class Row:
-    id: str
-    feed: Callable[[Workspace], object]
-    expect: Raises | CliRefuses | Behaves
 
 
 # ---- 2. no code from data folders -------------------------------------------------------------
@@ -273,22 +252,5 @@ ROWS = [
 
 @pytest.mark.parametrize("row", ROWS, ids=[r.id for r in ROWS])
 def test_bad_input_library(row, ws):
-    expect = row.expect
-    if isinstance(expect, Raises):
-        with pytest.raises(expect.error, match=expect.match):
-            row.feed(ws)
-    elif isinstance(expect, CliRefuses):
-        argv = row.feed(ws)
-        ws.capsys.readouterr()
-        try:
-            code = main(argv)
-        except SystemExit as stop:
-            code = stop.code
-        err = ws.capsys.readouterr().err
-        assert code == 2, err
-        lines = err.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: "), err
-        assert re.search(expect.match, lines[0]), lines[0]
-    else:
-        row.feed(ws)
+    check_row(row, ws)
     assert not ws.marker.exists(), "code from a data or model file ran"
