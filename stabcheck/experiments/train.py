@@ -112,6 +112,8 @@ def _train(model, inputs, targets, settings: TrainSettings, *, seed, device, dty
     device, dtype, x, y = place([model], inputs, targets, s.loss, device, dtype)
     n = int(x.shape[0])
     batches = BatchSampler(n, s.batch_size, s.sampler, seed)
+    # PyTorch's own SGD is the update of record (stacked.sgd_update writes it for stacked members), and
+    # the checkpoints of running jobs hold its state.
     opt = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum)
     rule = StopRule(s)  # on the host: the loss is read there every step anyway
 
