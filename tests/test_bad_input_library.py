@@ -148,19 +148,27 @@ def _lock_held_elsewhere(ws: Workspace):
 
 
 def _lock_wait_reports_progress(ws: Workspace):
-    """Without a timeout the wait goes on, naming the minimum every ``WAIT_REPORT_EVERY`` seconds."""
-    ws.monkeypatch.setattr(minima, "WAIT_REPORT_EVERY", 0.1)
+    """Without a timeout the wait goes on, naming the minimum every ``WAIT_REPORT_EVERY`` seconds; here
+    the other holder lets go once the waiting process has said so twice."""
+    ws.monkeypatch.setattr(minima, "WAIT_REPORT_EVERY", 0.05)
     cache = MinimaCache(ws.tmp / "cache", progress=True)
     config = TINY.config(lr=0.5, batch_size=None, seed=0)
     (ws.tmp / "cache").mkdir()
     holder = FileLock(str(cache.path(config)) + ".lock")
-    taken = threading.Event()
+    taken, said = threading.Event(), []
 
     def hold():
         with holder:
             taken.set()
-            threading.Event().wait(0.5)
+            for _ in range(1000):  # at most 10 s: a wait that says nothing fails below instead of hanging
+                if len(said) >= 2:
+                    break
+                threading.Event().wait(0.01)
 
+    def record(*args, **kwargs):
+        said.append(" ".join(map(str, args)))
+
+    ws.monkeypatch.setattr(minima, "print", record, raising=False)
     thread = threading.Thread(target=hold)
     thread.start()
     taken.wait(10)
@@ -168,8 +176,8 @@ def _lock_wait_reports_progress(ws: Workspace):
     ws.monkeypatch.setattr(cache, "_train_and_store", lambda path, c, dataset: calls.append(c) or "trained")
     assert cache.get(config) == "trained" and calls == [config]
     thread.join()
-    err = ws.capsys.readouterr().err
-    assert re.search(r"\[minima\] waiting for bad-input-lr=0\.5-B=n-seed=0: another process is training it", err)
+    assert len(said) >= 2 and all(re.fullmatch(r"\[minima\] waiting for bad-input-lr=0\.5-B=n-seed=0: another process "
+                                                r"is training it \(\d+ s so far; lock .*\.pt\.lock\)", line) for line in said)
 
 
 def _file(ws: Workspace) -> Path:
@@ -226,7 +234,7 @@ ROWS = [
     Row("2-npz-with-objects", _npz_with_objects,
         Raises(DataRequestError, r"the npz files in .*offline hold Python objects .*plain arrays only")),
     Row("6-lock-wait-timeout-names-the-minimum", _lock_held_elsewhere,
-        Raises(MinimaCacheError, r"gave up after 0 s waiting for minimum bad-input-lr=0\.5-B=n-seed=0 \(\w+\.pt\): "
+        Raises(MinimaCacheError, r"gave up after \d+ s waiting for minimum bad-input-lr=0\.5-B=n-seed=0 \(\w+\.pt\): "
                                  r"another process holds its lock .* and is training it")),
     Row("6-lock-wait-without-timeout-reports-progress", _lock_wait_reports_progress, Behaves()),
     Row("6-cache-dir-is-a-file", lambda ws: MinimaCache(_file(ws)),
