@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from stabcheck.experiments.ensemble import train_ensemble
+from stabcheck.experiments.stacked import matches_train
 from stabcheck.experiments.models import build_model
 from stabcheck.experiments.train import TrainError, train
 
@@ -265,3 +266,19 @@ def test_bad_members():
                        engine="mlp", **kw)
     with pytest.raises(TrainError, match="at least one"):
         train_ensemble([], x, y, seeds=[], **kw)
+
+
+@pytest.mark.xfail(strict=True, reason="known: at B = 5 and width 50 (a member's activations 1000 bytes, not a multiple "
+                                       "of 16) the member in row 1 of the stack rounds otherwise than train() from about "
+                                       "step 20, although matches_train says bit-identical; rows 0 and 2 and width 64 "
+                                       "agree. The same at d737c6b: a fix changes cached minima, so it waits for a "
+                                       "decision on the trainer version")
+def test_every_row_of_the_stack_equals_train_at_an_odd_activation_size():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(40, 1, 28, 28, generator=g), torch.eye(10)[torch.randint(0, 10, (40,), generator=g)]
+    nets = [build_model("fnn", seed=s, in_shape=(1, 28, 28), num_classes=10, widths=(50, 50)) for s in range(2)]
+    kw = {"lr": 0.1, "batch_size": 5, "tol": 1e-30, "max_iters": 60}
+    assert matches_train(nets[0], 5)
+    alone = _alone(nets, x, y, seeds=(0, 1), **kw)
+    together = train_ensemble(nets, x, y, seeds=[0, 1], engine="mlp", **kw)
+    assert all(torch.equal(a.state[k], b.state[k]) for a, b in zip(alone, together) for k in a.state)
