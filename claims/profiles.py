@@ -18,7 +18,7 @@ that chose it in ``reports/README.md``.
 
 >>> p = profile("small")
 >>> p.setups["fnn"].n, [c.label for c in p.configs("C9")]
-(100, ['fnn-eta0.1-Bn-seed0'])
+(100, ['fnn-lr=0.1-B=n-seed=0'])
 >>> p.plans["C8"].thresholds["min r"].value, profile("paper").plans["C8"].thresholds["min r"].value
 (0.9, 0.95)
 """

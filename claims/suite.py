@@ -24,10 +24,9 @@ NO_NUMBER = "paper gives no number"
 
 
 def case_id(config: MinimumConfig) -> str:
-    """Readable test id, e.g. ``fnn-lr=0.1-B=5-mu=0.5-seed=0`` (``B=n``: GD)."""
-    batch = "n" if config.is_gd else str(config.batch_size)
-    mu = f"-mu={config.momentum:g}" if config.momentum else ""
-    return f"{config.setup.name}-lr={config.lr:g}-B={batch}{mu}-seed={config.seed}"
+    """The test id of a config: its :attr:`~stabcheck.experiments.setups.MinimumConfig.label`, e.g.
+    ``fnn-lr=0.1-B=5-mu=0.5-seed=0`` (``B=n``: GD)."""
+    return config.label
 
 
 def minima_in(value: Any) -> Iterator[MinimumConfig]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from stabcheck.experiments import data
+from stabcheck.experiments import cifar, data
 from stabcheck.experiments.data import DataNotFoundError, DataRequestError, load_cifar10, load_fashion_mnist, one_hot
 
 FIRST_FASHION_LABELS = [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]
@@ -16,7 +16,7 @@ FIRST_CIFAR_LABELS = [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]
 
 
 def _offline_file(name: str):
-    for folder in data._offline_candidates(None):
+    for folder in cifar._offline_candidates(None):
         if (folder / name).is_file():
             return folder / name
     pytest.skip(f"offline npz {name} not found (set STABCHECK_OFFLINE_DATA to ../shared/data)")

@@ -8,8 +8,8 @@ from functools import lru_cache
 import pytest
 import torch
 
-from stabcheck.experiments import ensemble
 from stabcheck.experiments.ensemble import train_ensemble
+from stabcheck.experiments.stacked import matches_train
 from stabcheck.experiments.models import build_model
 from stabcheck.experiments.train import TrainError, train
 
@@ -88,28 +88,28 @@ UPDATES = [pytest.param({"engine": "mlp"}, 0.0, id="mlp"), pytest.param({"engine
            pytest.param({"engine": "vmap"}, 0.0, id="vmap"), pytest.param({"engine": "vmap"}, 0.9, id="vmap-mu0.9")]
 
 
-def _options(engine: dict, monkeypatch) -> dict:
+def _options(engine: dict) -> dict:
     """train_ensemble's options; per_member lowers the size above which gradients go member by member."""
-    if engine.get("per_member"):
-        monkeypatch.setattr(ensemble, "BATCHED_GRADIENT_BYTES", 0)
-    return {k: v for k, v in engine.items() if k != "per_member"}
+    options = {k: v for k, v in engine.items() if k != "per_member"}
+    return {**options, "batched_gradient_bytes": 0} if engine.get("per_member") else options
 
 
 @pytest.mark.parametrize("engine, momentum", UPDATES)
 @pytest.mark.parametrize("batch_size", SGD_AND_GD)
-def test_members_equal_train_float64(engine, momentum, batch_size, monkeypatch):
+def test_members_equal_train_float64(engine, momentum, batch_size):
     x, y = _data()
     kw = {"lr": 0.5, "batch_size": batch_size, "momentum": momentum, "tol": 5e-3, "max_iters": 400}
     alone = _reference(torch.float64, (16,), tuple(kw.items()))
-    together = train_ensemble(_nets(), x, y, seeds=SEEDS, check_every=16, **_options(engine, monkeypatch), **kw)
+    together = train_ensemble(_nets(), x, y, seeds=SEEDS, check_every=16, **_options(engine), **kw)
     # The members stop at different steps, so later steps run with frozen members.
     assert len({r.iterations for r in alone}) > 1
+    assert {r.engine for r in together} == {engine["engine"]} and {r.engine for r in alone} == {"autograd"}
     _assert_as_alone(alone, together, 1e-10)
 
 
 @pytest.mark.parametrize("engine, momentum", UPDATES)
 @pytest.mark.parametrize("batch_size", SGD_AND_GD)
-def test_members_close_to_train_float32(engine, momentum, batch_size, monkeypatch):
+def test_members_close_to_train_float32(engine, momentum, batch_size):
     """Batched products and the fused update may round differently from train(): ≤ 1e-4 relative.
 
     Measured on this CPU (MKL): the mlp engine is bit-identical to train() (here; the paper's FNN
@@ -123,7 +123,7 @@ def test_members_close_to_train_float32(engine, momentum, batch_size, monkeypatc
     x, y = _data(torch.float32)
     kw = {"lr": 0.5, "batch_size": batch_size, "momentum": momentum, "tol": 2e-4, "max_iters": 400}
     alone = _reference(torch.float32, (64,), tuple(kw.items()))
-    together = train_ensemble(_nets(torch.float32, widths=(64,)), x, y, seeds=SEEDS, **_options(engine, monkeypatch),
+    together = train_ensemble(_nets(torch.float32, widths=(64,)), x, y, seeds=SEEDS, **_options(engine),
                               **kw)
     agreeing = [(a, b) for a, b in zip(alone, together) if a.iterations == b.iterations]
     assert agreeing
@@ -266,3 +266,19 @@ def test_bad_members():
                        engine="mlp", **kw)
     with pytest.raises(TrainError, match="at least one"):
         train_ensemble([], x, y, seeds=[], **kw)
+
+
+@pytest.mark.xfail(strict=True, reason="known: at B = 5 and width 50 (a member's activations 1000 bytes, not a multiple "
+                                       "of 16) the member in row 1 of the stack rounds otherwise than train() from about "
+                                       "step 20, although matches_train says bit-identical; rows 0 and 2 and width 64 "
+                                       "agree. The same at d737c6b: a fix changes cached minima, so it waits for a "
+                                       "decision on the trainer version")
+def test_every_row_of_the_stack_equals_train_at_an_odd_activation_size():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(40, 1, 28, 28, generator=g), torch.eye(10)[torch.randint(0, 10, (40,), generator=g)]
+    nets = [build_model("fnn", seed=s, in_shape=(1, 28, 28), num_classes=10, widths=(50, 50)) for s in range(2)]
+    kw = {"lr": 0.1, "batch_size": 5, "tol": 1e-30, "max_iters": 60}
+    assert matches_train(nets[0], 5)
+    alone = _alone(nets, x, y, seeds=(0, 1), **kw)
+    together = train_ensemble(nets, x, y, seeds=[0, 1], engine="mlp", **kw)
+    assert all(torch.equal(a.state[k], b.state[k]) for a, b in zip(alone, together) for k in a.state)

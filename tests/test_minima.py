@@ -34,7 +34,7 @@ def test_miss_then_hit_gives_the_same_minimum(tmp_path):
     assert second.record == first.record and second.loss_curve == first.loss_curve
     assert all(torch.equal(first.state[k], second.state[k]) for k in first.state)
     summary = json.loads((tmp_path / f"{first.key}.json").read_text())
-    assert summary["label"] == "tiny-eta0.5-Bn-seed0" and summary["seed"] == 0 and summary["dtype"] == "float32"
+    assert summary["label"] == "tiny-lr=0.5-B=n-seed=0" and summary["seed"] == 0 and summary["dtype"] == "float32"
 
 
 def test_seeds_of_one_sgd_setting_train_together_as_each_alone(tmp_path):
@@ -128,3 +128,90 @@ def _scratch_root() -> Path:
     root = ROOT / ".cache" / "scratch"
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+def test_labels_are_the_test_ids_of_the_reference_report():
+    """One label format: every id in reports/reference that names a trained minimum is that config's label."""
+    import re
+
+    from claims.suite import case_id
+
+    pattern = re.compile(r"([a-z_0-9]+)-lr=([0-9.e-]+)-B=(n|[0-9]+)(?:-mu=([0-9.]+))?-seed=([0-9]+)")
+    cases = json.loads((ROOT / "reports" / "reference" / "claims.json").read_text())["cases"]
+    found = [m for c in cases for m in [pattern.match(c["test"].partition("[")[2])] if m]
+    assert len(found) >= 20
+    for m in found:
+        name, lr, batch, mu, seed = m.groups()
+        setup = Setup(name, "fashion_mnist", 100, "fnn")
+        config = setup.config(float(lr), None if batch == "n" else int(batch), int(seed), float(mu or 0))
+        assert config.label == case_id(config) == m.group(0)
+
+
+def _fake_dataset(name: str, n: int):
+    """Zeros of the shape of ``name``'s images: what building the nets needs, no data files."""
+    from stabcheck.experiments.data import Dataset
+
+    shape, classes = ((3, 32, 32), 2) if name == "cifar10" else ((3, 32, 32), 10) if name == "cifar10_all" \
+        else ((1, 28, 28), 10)
+    return Dataset(name, torch.zeros(n, *shape), torch.arange(n) % classes, None, None, classes, tuple(range(classes)),
+                   "fake")
+
+
+def test_a_cold_small_scale_run_trains_each_distinct_minimum_once(tmp_path, monkeypatch):
+    """Every claim of the small profile asks for its minima as the claims' fixtures do (the seeds of a
+    setting together, then each config); the trainers are stubs that count, so nothing trains for real."""
+    from claims.profiles import profile
+    from claims.suite import Suite
+    from stabcheck.experiments.sgd import TrainRecord
+
+    trained: list[str] = []
+    ensembles: list[int] = []
+    cache = MinimaCache(tmp_path, progress=False)
+
+    def record(net, config_like) -> TrainRecord:
+        return TrainRecord("converged", 1, 0.0, 0.0, config_like["lr"], config_like["batch_size"], 0, 0.0, "epoch",
+                           1e-4, 1, config_like["seed"], "mse", "float32", "cpu", 0.0, 1, "stub",
+                           state={k: v.clone() for k, v in net.state_dict().items()})
+
+    def fake_train(net, inputs, targets, **kw):
+        trained.append(cache.path(current[id(net)]).stem)
+        return record(net, kw)
+
+    def fake_ensemble(nets, inputs, targets, *, seeds, **kw):
+        ensembles.append(len(nets))
+        out = []
+        for net, seed in zip(nets, seeds):
+            trained.append(cache.path(current[id(net)]).stem)
+            out.append(record(net, {**kw, "seed": seed}))
+        return out
+
+    current: dict[int, object] = {}  # id(net) → the config it was built for
+    real_build = minima.build_for
+
+    def build_for(config, dataset):
+        net = real_build(config, dataset)
+        current[id(net)] = config
+        return net
+
+    monkeypatch.setattr(minima, "train", fake_train)
+    monkeypatch.setattr(minima, "train_ensemble", fake_ensemble)
+    monkeypatch.setattr(minima, "build_for", build_for)
+    monkeypatch.setattr(minima, "dataset_for", lambda config, data_dir=None: _fake_dataset(config.setup.dataset,
+                                                                                               config.setup.n))
+    suite = Suite(profile("small"), 0, None)
+    claims = list(suite.profile.plans)
+    configs = [c for claim in claims for c in suite.configs(claim)]
+    settings: dict = {}
+    for c in dict.fromkeys(configs):
+        settings.setdefault(c.with_(seed=0), []).append(c)
+    asked: set = set()
+    for c in configs:  # claim by claim, as claims/conftest.py's measured_minimum asks
+        if c.with_(seed=0) not in asked:
+            asked.add(c.with_(seed=0))
+            cache.get_many(settings[c.with_(seed=0)])
+        cache.get(c)
+    keys = {cache.path(c).stem for c in configs}
+    distinct = {json.dumps(minima.training_fields(c), sort_keys=True) for c in configs}  # what trains
+    assert sorted(trained) == sorted(keys) and len(trained) == len(distinct)  # each minimum trained, and once
+    assert len(set(configs)) > len(distinct)  # some configs share a minimum (fnn and fnn_gd): a real dedupe
+    assert cache.misses == len(keys) and ensembles  # the seeds of SGD settings trained together, too

@@ -92,7 +92,7 @@ def test_converges_and_reports():
     assert rec.final_loss < 5e-3 and rec.iterations == len(rec.loss_curve) < 5000
     d = rec.as_dict()
     assert {"seed", "dtype", "device", "lr", "batch_size", "wall_time", "iters_per_second", "threads"} <= set(d)
-    assert "state" not in d and d["threads"] == 1
+    assert "state" not in d and d["threads"] == 1 and d["engine"] == "autograd"
 
 
 def test_iteration_cap_is_a_status():
@@ -186,3 +186,19 @@ def test_checkpoint_of_other_settings_is_refused(tmp_path):
         _run(_net(), x, y, checkpoint=ckpt, checkpoint_every=0, callback=kill, lr=0.5)
     with pytest.raises(TrainError, match="belongs to other settings"):
         _run(_net(), x, y, checkpoint=ckpt, lr=0.25)
+
+
+@pytest.mark.parametrize("last, status", [(0.5, "max_iters"), (1e-9, "converged"), (math.nan, "diverged"),
+                                          (math.inf, "diverged"), (-math.inf, "diverged"), (2e6, "diverged")])
+def test_stop_rule_is_one_rule_for_numbers_and_tensors(last, status):
+    """The host form (train) and the tensor form (the ensemble) take the same decisions, bit for bit."""
+    from stabcheck.experiments.sgd import StopRule, TrainSettings
+
+    settings = TrainSettings(lr=0.1, batch_size=1, tol=1e-3, min_iters=5)  # ema < tol from step 1, stop from 5
+    host, stacked = StopRule(settings), StopRule(settings, 2, torch.device("cpu"))
+    for t, loss in enumerate([1e-5, 1e-5, 1e-5, 1e-5, last], 1):
+        stepped = host.step(t, loss)
+        assert stacked.step(t, torch.tensor([loss, loss], dtype=torch.float64)).tolist() == [stepped, stepped]
+    assert [r[:2] for r in stacked.read()] == [r[:2] for r in host.read()] * 2
+    assert [r[2] for r in stacked.read()] == [host.read()[0][2]] * 2
+    assert host.read()[0][:2] == ((0, "max_iters") if status == "max_iters" else (5, status))

@@ -100,8 +100,12 @@ def check_eval_safe(model: nn.Module) -> None:
 class Problem:
     """A model, its training data and a per-sample loss; total loss = mean of the per-sample losses.
 
-    The model is never modified: parameters and buffers are copied into plain dicts (torch.func
+    The model is never modified: parameters, buffers and the data are copied (always, so that later
+    in-place changes to the caller's tensors never change the problem) into plain dicts (torch.func
     style) in the requested dtype and device, and the model is evaluated with ``functional_call``.
+    Integer inputs are passed on as integers (models that look up embeddings take them so); a model
+    whose forward fails on them is refused with the conversion to make. Integer targets of ``mse``
+    and ``half_sq`` are converted to the dtype, with their values.
 
     ``parameters`` says what x is: ``"trainable"`` (default) takes the parameters with
     ``requires_grad=True``, the ones SGD moves, and passes the frozen ones to the model as
@@ -171,24 +175,25 @@ class Problem:
         self.loss = loss
         self.chunk_size = int(chunk_size)
         self.parameter_set = parameters
-        self.params: Params = {k: v.detach().to(self.device, self.dtype) for k, v in trained.items()}
+        self.params: Params = {k: v.detach().to(self.device, self.dtype, copy=True) for k, v in trained.items()}
         #: Names of the parameters held constant (``requires_grad=False`` with ``parameters="trainable"``).
         self.frozen: tuple[str, ...] = tuple(k for k in named if k not in trained)
         # Frozen parameters travel with the buffers: functional_call takes them as constants.
         constants = {k: named[k] for k in self.frozen} | dict(model.named_buffers())
         self.buffers: Params = {
-            k: (v.detach().to(self.device, self.dtype) if v.is_floating_point() else v.detach().to(self.device))
+            k: v.detach().to(self.device, self.dtype if v.is_floating_point() else v.dtype, copy=True)
             for k, v in constants.items()
         }
-        self.inputs = inputs.to(self.device, self.dtype) if inputs.is_floating_point() else inputs.to(self.device)
+        self.inputs = inputs.detach().to(self.device, self.dtype if inputs.is_floating_point() else inputs.dtype,
+                                         copy=True)
         if loss == "ce":
             if targets.is_floating_point() or targets.ndim != 1:
                 raise ProblemError(
                     f"loss 'ce' needs integer class labels of shape (n,), got {targets.dtype} {tuple(targets.shape)}"
                 )
-            self.targets = targets.to(self.device, torch.long)
+            self.targets = targets.detach().to(self.device, torch.long, copy=True)
         else:
-            self.targets = targets.to(self.device, self.dtype)
+            self.targets = targets.detach().to(self.device, self.dtype, copy=True)
         self.names = list(self.params)
         self.shapes = [self.params[k].shape for k in self.names]
         self.numels = [self.params[k].numel() for k in self.names]
@@ -277,7 +282,16 @@ class Problem:
     def _check_output_and_loss(self) -> None:
         x, y = self.inputs[:1], self.targets[:1]
         with torch.no_grad():
-            out = self.forward(self.params, x)
+            try:
+                out = self.forward(self.params, x)
+            except RuntimeError as err:
+                if x.is_floating_point():
+                    raise
+                reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise ProblemError(
+                    f"the inputs are {x.dtype} and the model's forward fails on them ({reason}); convert them to "
+                    "floating point as the model was trained on them, e.g. inputs.float() / 255 for 8-bit pixels"
+                ) from None
         if out.shape[0] != 1:
             raise ProblemError(f"the model maps 1 sample to output of shape {tuple(out.shape)}; dimension 0 must be the batch")
         _check_real_dtype("the model's output", out.dtype)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -29,17 +30,22 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from torch import nn
 
-from .data import Dataset, load_dataset
-from .ensemble import matches_train, train_ensemble
-from .models import build_model
 from ..curvature.problem import Problem
+from ..files import write_atomic
+from .data import Dataset, load_dataset
+from .ensemble import train_ensemble
+from .models import build_model
 from .setups import MinimumConfig
-from .train import TRAINER_VERSION, train
+from .sgd import TRAINER_VERSION
+from .stacked import matches_train
+from .train import train
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: How often a process waiting for another's training of the same minimum says so (seconds).
+WAIT_REPORT_EVERY = 60.0
 # What a cache file holds; a file without one of them is damaged.
 _BLOB_KEYS = ("config", "record", "loss_curve", "state")
 
@@ -134,6 +140,11 @@ class Minimum:
         return {"config": self.config.as_dict(), "label": self.config.label, "key": self.key, **self.record}
 
 
+class MinimaCacheError(RuntimeError):
+    """The cache cannot serve a minimum: its folder is unusable, or a minimum's lock stayed taken past
+    ``lock_timeout`` (the message names the folder or the minimum)."""
+
+
 class MinimaCache:
     """Trained minima in ``root`` (one ``<key>.pt`` with parameters, record and loss curve, and a
     readable ``<key>.json``); ``get(config)`` trains on a miss and loads on a hit.
@@ -141,13 +152,23 @@ class MinimaCache:
     CPU training uses ``cpu_threads`` threads (default 1: the small profile's nets are
     overhead-bound, one thread avoids oversubscribing a 2-core machine under pytest-xdist, and a
     fixed thread count keeps the floating-point reductions, hence the parameters, reproducible).
+
+    A process that finds a minimum's lock taken waits for the process training it, saying so every
+    ``WAIT_REPORT_EVERY`` seconds (with ``progress``). ``lock_timeout`` (seconds) ends the wait with a
+    :class:`MinimaCacheError` naming the minimum; the default None waits as long as the training
+    takes: the lock (``flock``) is released when its holder exits, so a taken lock means a live
+    process training that minimum, for seconds at the small scale or hours for a paper-scale GD run.
     """
 
     def __init__(self, root: str | os.PathLike, *, device: str | torch.device = "cpu", dtype: str = "float32",
-                 data_dir: str | None = None, progress: bool = True, lock_timeout: float = 3600.0,
+                 data_dir: str | None = None, progress: bool = True, lock_timeout: float | None = None,
                  cpu_threads: int | None = 1):
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {tuple(_DTYPES)}, got {dtype!r}")
+        if lock_timeout is not None and not lock_timeout >= 0:
+            raise ValueError(f"lock_timeout must be a number of seconds ≥ 0 or None (wait as long as it takes), "
+                             f"got {lock_timeout!r}")
+        _check_folder(Path(root))
         self.root = Path(root)
         self.device = str(device)
         self.dtype = dtype
@@ -166,7 +187,8 @@ class MinimaCache:
         path = self.path(config)
         dataset = dataset_for(config, self.data_dir)
         self.root.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path) + ".lock", timeout=self.lock_timeout):
+        lock = self._acquire(path, config)
+        try:
             _remove_stale_temporaries(path)
             if path.exists():
                 minimum = self._load(path, config, dataset)
@@ -175,13 +197,36 @@ class MinimaCache:
                     return minimum
             self.misses += 1
             return self._train_and_store(path, config, dataset)
+        finally:
+            lock.release()
+
+    def _acquire(self, path: Path, config: MinimumConfig) -> FileLock:
+        """The taken lock of ``path``, after waiting for a process that trains ``config`` (see the class)."""
+        lock = FileLock(str(path) + ".lock")
+        start = time.monotonic()
+        while True:
+            waited = time.monotonic() - start
+            left = math.inf if self.lock_timeout is None else self.lock_timeout - waited
+            try:
+                lock.acquire(timeout=max(0.0, min(WAIT_REPORT_EVERY, left)))
+                return lock
+            except Timeout:
+                waited = time.monotonic() - start
+                if self.lock_timeout is not None and waited >= self.lock_timeout:
+                    raise MinimaCacheError(
+                        f"gave up after {waited:.0f} s waiting for minimum {config.label} ({path.name}): another "
+                        f"process holds its lock {lock.lock_file} and is training it; wait for it, or pass a "
+                        "longer lock_timeout (None waits as long as the training takes)") from None
+                if self.progress:
+                    print(f"[minima] waiting for {config.label}: another process is training it ({waited:.0f} s "
+                          f"so far; lock {lock.lock_file})", file=sys.stderr, flush=True)
 
     def get_many(self, configs: list[MinimumConfig]) -> list[Minimum]:
         """The minima of ``configs``, in order; the missing seeds of one SGD setting are trained together.
 
         Configs that differ only in ``seed`` form a setting. Where two or more of a setting's minima are
         missing, the setting is SGD (B < n) on the CPU and the ensemble trainer reproduces ``train`` bit
-        for bit there (:func:`~stabcheck.experiments.ensemble.matches_train`), they are trained in one
+        for bit there (:func:`~stabcheck.experiments.stacked.matches_train`), they are trained in one
         :func:`~stabcheck.experiments.ensemble.train_ensemble` run under all their locks and stored
         as ``get`` would store them (same keys; the record's ``ensemble`` says how many trained
         together). Everything else goes through ``get``: GD keeps its checkpoints, and an ensemble has
@@ -203,12 +248,13 @@ class MinimaCache:
 
     def _train_together(self, configs: list[MinimumConfig]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        paths = sorted(self.path(c) for c in configs)  # one order of taking locks: no deadlock between runs
-        locks = [FileLock(str(p) + ".lock", timeout=self.lock_timeout) for p in paths]
-        for lock in locks:
-            lock.acquire()
+        # One order of taking locks: no deadlock between runs.
+        paths = sorted(((self.path(c), c) for c in configs), key=lambda pair: pair[0])
+        locks = []
         try:
-            for path in paths:
+            for path, config in paths:
+                locks.append(self._acquire(path, config))
+            for path, _ in paths:
                 _remove_stale_temporaries(path)
             todo = [c for c in configs if not self.path(c).exists()]
             if len(todo) < 2:
@@ -271,14 +317,25 @@ class MinimaCache:
         record["data_source"] = dataset.source
         record["ensemble"] = ensemble
         blob = {"config": config.as_dict(), "record": record, "loss_curve": rec.loss_curve, "state": rec.state}
-        _atomic_write(path, lambda fh: torch.save(blob, fh))
+        write_atomic(path, lambda fh: torch.save(blob, fh))
         summary = {"config": config.as_dict(), "label": config.label, **record}
-        _atomic_write(path.with_suffix(".json"), lambda fh: fh.write(json.dumps(summary, indent=1).encode()))
+        write_atomic(path.with_suffix(".json"), json.dumps(summary, indent=1))
         if self.progress:
             together = f" (one of {ensemble} trained together)" if ensemble > 1 else ""
             print(f"[minima] {config.label}: {rec.status} after {rec.iterations} iterations, "
                   f"{rec.wall_time:.1f} s{together}", file=sys.stderr, flush=True)
         return Minimum(config, record, rec.loss_curve, rec.state, dataset, path.stem, path, False)
+
+
+def _check_folder(root: Path) -> None:
+    """Refuse a cache folder that is a file or lies below one (it could never be created)."""
+    for folder in (root, *root.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                where = "is a file" if folder == root else f"lies below the file {folder}"
+                raise MinimaCacheError(f"the minima cache folder {root} {where}; pass a folder (--cache-dir or "
+                                       "STABCHECK_CACHE_DIR)")
+            return
 
 
 def training_fields_of(stored: dict) -> dict:
@@ -292,12 +349,3 @@ def _remove_stale_temporaries(path: Path) -> None:
     for tmp in path.parent.glob(f".{path.stem}.*.tmp"):
         tmp.unlink(missing_ok=True)
 
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -2,16 +2,16 @@
 :class:`MinimumConfig` (the setup plus the optimiser's η, B, μ, seed and sampler).
 
 A :class:`MinimumConfig` is the key of a cached trained minimum (:mod:`stabcheck.experiments.minima`):
-its fields and ``as_dict()`` make the cache key, and ``label`` names the entry in the cache's
-summaries. ``batch_size=None`` in :meth:`Setup.config` means GD (B = n). Which minima an
+its fields that change training make the cache key, and ``label`` names it wherever a reader sees
+it: the cache's summaries and the claims' test ids. ``batch_size=None`` in :meth:`Setup.config` means GD (B = n). Which minima an
 experiment trains is the experiment's data (the claims suite keeps its grids in ``claims/profiles.py``).
 
 >>> fnn = Setup("fnn", "fashion_mnist", 100, "fnn", (("widths", (50, 50)),), tol=1e-3, max_iters=20_000)
 >>> c = fnn.config(lr=0.1, batch_size=None, seed=0)
 >>> c.batch_size, c.is_gd, c.label
-(100, True, 'fnn-eta0.1-Bn-seed0')
+(100, True, 'fnn-lr=0.1-B=n-seed=0')
 >>> c.with_(batch_size=5, momentum=0.5).label
-'fnn-eta0.1-B5-mu0.5-seed0'
+'fnn-lr=0.1-B=5-mu=0.5-seed=0'
 """
 from __future__ import annotations
 
@@ -58,11 +58,12 @@ class MinimumConfig:
 
     @property
     def label(self) -> str:
-        """Readable id for test parametrisation, e.g. ``fnn-eta0.1-B5-mu0.5-seed2``."""
+        """Readable unique id, e.g. ``fnn-lr=0.1-B=5-mu=0.5-seed=2`` (``B=n``: GD; a sampler other than
+        ``epoch`` is named before the seed); the claims' test ids are these."""
         b = "n" if self.is_gd else str(self.batch_size)
-        mu = f"-mu{self.momentum:g}" if self.momentum else ""
+        mu = f"-mu={self.momentum:g}" if self.momentum else ""
         smp = "" if self.sampler == "epoch" else f"-{self.sampler}"
-        return f"{self.setup.name}-eta{self.lr:g}-B{b}{mu}{smp}-seed{self.seed}"
+        return f"{self.setup.name}-lr={self.lr:g}-B={b}{mu}{smp}-seed={self.seed}"
 
     def as_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))

@@ -78,7 +78,7 @@ def _safe_load(path: Path, flag: str, expected: str):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "Unsupported global" in str(err):
+        if "unsupported global" in str(err).lower():  # torch words it "Unsupported global" or "unsupported GLOBAL"
             raise CliError(f"{flag} {path} holds Python objects besides tensors and plain containers; stabcheck "
                            f"loads files only as data (torch.load with weights_only=True): save {expected}") from None
         raise CliError(f"{flag} {path} is not a file written by torch.save, or it is damaged: expected {expected}") from None
@@ -106,12 +106,24 @@ def load_model(path: Path, arch: str, in_shape, num_classes: int, outputs_from: 
         model = build_model(name, seed=0, in_shape=in_shape, num_classes=num_classes, **options)
     except ValueError as err:
         raise CliError(f"--arch {arch}: {err}") from err
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
+    mismatch = _state_mismatch(model.state_dict(), state)
+    if mismatch:
         note = f" (the model was built with {num_classes} outputs, {outputs_from})" if outputs_from else ""
-        raise CliError(f"the state dict in {path} does not fit --arch {arch}{note}: {err}") from err
+        raise CliError(f"the state dict in {path} does not fit --arch {arch}{note}: {mismatch}")
+    model.load_state_dict(state)
     return model.eval()
+
+
+def _state_mismatch(expected: dict, state: dict) -> str:
+    """One clause on how ``state`` differs from the model's own state dict ``expected`` ('' if it fits)."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [f"{k} is {tuple(state[k].shape)} where the model has {tuple(v.shape)}"
+              for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    parts = [f"{len(missing)} tensor(s) missing (first {missing[0]!r})" if missing else "",
+             f"{len(unexpected)} unexpected (first {unexpected[0]!r})" if unexpected else "",
+             f"{len(shapes)} of another shape (first: {shapes[0]})" if shapes else ""]
+    return ", ".join(p for p in parts if p)
 
 
 def load_data(args) -> tuple[torch.Tensor, torch.Tensor, tuple, int, str]:

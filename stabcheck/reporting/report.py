@@ -19,29 +19,14 @@ string, why there is none; the summary shows each ``what`` once.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
+from ..files import write_atomic
 from .rows import SCHEMA, ReportError, encode_numbers
 from .tables import table
 
 __all__ = ["ReportError", "write_atomic", "write_report", "summarise", "summary_line", "render_markdown"]
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600; a report is for everyone to read
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 NO_PAPER_NUMBER = "paper gives no number"
