@@ -8,6 +8,14 @@ import torch
 from torch import nn
 
 
+
+@torch.no_grad()
+def init_conv_(conv: nn.Conv2d) -> None:
+    """The authors' convolution init (PAPER.md §3): weights N(0, 2/(k²·C_out)), bias 0, in place."""
+    k = conv.kernel_size[0]
+    conv.weight.normal_(0.0, math.sqrt(2.0 / (k * k * conv.out_channels)))
+    conv.bias.zero_()
+
 class FNN(nn.Sequential):
     """Fully connected ReLU net, input flattened: in_dim → widths… → out_dim (paper: 784-500-500-500-10).
 
@@ -55,9 +63,7 @@ class VGG(nn.Sequential):
     def reset_conv_parameters(self) -> None:
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                k = m.kernel_size[0]
-                m.weight.normal_(0.0, math.sqrt(2.0 / (k * k * m.out_channels)))
-                m.bias.zero_()
+                init_conv_(m)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -142,9 +148,7 @@ class ResNet(nn.Module):
     def reset_parameters(self) -> None:
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                k = m.kernel_size[0]
-                m.weight.normal_(0.0, math.sqrt(2.0 / (k * k * m.out_channels)))
-                m.bias.zero_()
+                init_conv_(m)
             elif isinstance(m, nn.BatchNorm2d):
                 m.weight.fill_(1.0)
                 m.bias.zero_()
