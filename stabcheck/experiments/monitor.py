@@ -165,7 +165,7 @@ class StabilityMonitor:
 
     def _measure(self, model: nn.Module) -> dict:
         problem = Problem(model, self.inputs, self.targets, loss=self.loss, dtype=self.dtype, device=self.device)
-        rec: dict = {"loss": problem.loss_value()}
+        rec: dict = {"loss": problem.loss_value(), "dtype": str(problem.dtype).replace("torch.", "")}
         a_eigen, rec["a_start"] = self._solve("a", HessianOperator(problem, self.hvp))
         a = SharpnessResult(a_eigen)
         rec |= {"a": a.value, "a_converged": a.converged, "a_residual": a.residual, "a_products": a.matvecs,
