@@ -4,6 +4,7 @@ import dataclasses
 import json
 import math
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,7 +64,8 @@ def test_a_subset_is_fixed_and_named(tiny):
     assert by_count.measured_on == {"set": "fixed random subset (seed 3)", "samples": 4}
     assert torch.equal(by_count.indices, monitor_of(tiny, subset=4, seed=3).indices)
     sub = stabcheck.Problem(model.eval(), x[[0, 2, 5]], y[[0, 2, 5]], dtype=torch.float64)
-    assert by_index.check(0, model)["a"] == pytest.approx(stabcheck.sharpness(sub, tol=TOL, maxiter=200).value, rel=1e-8)
+    expected = stabcheck.sharpness(sub, tol=TOL, maxiter=200).value
+    assert by_index.check(0, model)["a"] == pytest.approx(expected, rel=1e-8)
 
 
 def test_a_still_iterate_costs_few_products_warm(tiny):
@@ -134,3 +136,16 @@ def test_the_command_line_draws_a_log(tiny, tmp_path, capsys):
     log.write_text("not json\n")
     with pytest.raises(ReportError, match="line 1 is not JSON"):
         read_log(log)
+
+
+def test_the_readme_loop_runs(tmp_path, monkeypatch):
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Watching stability while training", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    monitor = namespace["monitor"]
+    assert [r["iteration"] for r in monitor.records] == list(range(100, 1001, 100)) and not monitor.stopped
+    assert read_log(tmp_path / "run.jsonl")[1] == monitor.records
