@@ -7,7 +7,8 @@ the profile's tol: one warm-started, one cold (``warm=False``). Timed by process
 jobs on the machine do not enter: training alone is the run's time less both monitors'. Goals: a warm check at
 most a third of a cold one's products (median over the checks), and the warm monitor at most 25% of the
 training time. The run also checks that the monitors leave training alone: its final loss equals the cached
-minimum's where the cache holds it. The table is written to ``$STABCHECK_BENCH_REPORT_DIR/monitor-<net>.json``.
+minimum's where the cache holds it. The table is written to ``$STABCHECK_BENCH_REPORT_DIR/monitor-<net>.json``,
+both monitors' checks as they happen to ``monitor-<net>-warm.jsonl`` and ``-cold.jsonl``.
 """
 import json
 import os
@@ -53,7 +54,12 @@ def test_warm_against_cold_along_gd(net):
     x, y = data.inputs, data.targets(config.setup.loss)
     how = dict(lr=lr, loss=config.setup.loss, every=EVERY, tol=scale.measurement.tol,
                maxiter=scale.measurement.maxiter)
-    warm, cold = Timed(StabilityMonitor(x, y, **how)), Timed(StabilityMonitor(x, y, warm=False, **how))
+    REPORT_DIR.mkdir(parents=True, exist_ok=True)
+    logs = {kind: Path(REPORT_DIR) / f"monitor-{net}-{kind}.jsonl" for kind in ("warm", "cold")}
+    for log in logs.values():  # a monitor appends: a log of an earlier run would mix in
+        log.unlink(missing_ok=True)
+    warm = Timed(StabilityMonitor(x, y, log=logs["warm"], **how))
+    cold = Timed(StabilityMonitor(x, y, warm=False, log=logs["cold"], **how))
 
     def both(t, model, batch_loss):
         warm(t, model, batch_loss)
@@ -61,7 +67,9 @@ def test_warm_against_cold_along_gd(net):
 
     start = time.process_time()
     record = train(build_for(config, data), x, y, lr=lr, batch_size=config.batch_size, loss=config.setup.loss,
-                   tol=config.setup.tol, max_iters=config.setup.max_iters, seed=0, progress=False,
+                   tol=config.setup.tol, max_iters=config.setup.max_iters, seed=0, progress_every=60,
+                   progress=lambda info: print(f"[monitor benchmark] it {info['iteration']} ema {info['ema_loss']:.3g} "
+                                               f"cpu {time.process_time() - start:.0f} s", flush=True),
                    callback=both, num_threads=THREADS)
     total = time.process_time() - start
     training = total - warm.cpu - cold.cpu
@@ -84,7 +92,6 @@ def test_warm_against_cold_along_gd(net):
         "warm monitor / training": warm.cpu / training, "cold monitor / training": cold.cpu / training,
         "load average": os.getloadavg(),
     }
-    REPORT_DIR.mkdir(parents=True, exist_ok=True)
     (Path(REPORT_DIR) / f"monitor-{net}.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if not isinstance(v, list)}, indent=1))
     assert record.status == "converged", f"GD at η = {lr:g} ended {record.status} after {record.iterations} steps"
