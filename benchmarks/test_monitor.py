@@ -64,6 +64,11 @@ def test_warm_against_cold_along_gd(net):
     def both(t, model, batch_loss):
         warm(t, model, batch_loss)
         cold(t, model, batch_loss)
+        if t % EVERY == 0:  # a partial run still gives the table
+            w, c = warm.monitor.records[-1], cold.monitor.records[-1]
+            print(f"[check] it {t} a {w['a']:.6g} {c['a']:.6g} products {w['products']} {c['products']} "
+                  f"({w['a_start']}) monitor cpu {warm.cpu:.1f} {cold.cpu:.1f} total cpu "
+                  f"{time.process_time() - start:.1f}", flush=True)
 
     start = time.process_time()
     record = train(build_for(config, data), x, y, lr=lr, batch_size=config.batch_size, loss=config.setup.loss,
