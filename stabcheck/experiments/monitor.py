@@ -40,7 +40,8 @@ import torch
 from torch import Tensor, nn
 
 from ..curvature.bounds import check_batch, check_lr, nonuniformity_bound, sharpness_bound
-from ..curvature.criteria import NonUniformityResult, SharpnessResult, theorem1
+from ..curvature.criteria import NonUniformityResult, SharpnessResult
+from ..curvature.criteria import theorem1 as solve_theorem1
 from ..curvature.eigen import EigenResult, lanczos
 from ..curvature.operators import HessianOperator, SigmaOperator
 from ..curvature.problem import Problem
@@ -84,7 +85,12 @@ class StabilityMonitor:
         dtype, device, hvp, engine: of the measurement (see :class:`~stabcheck.curvature.problem.Problem`,
             :class:`~stabcheck.curvature.operators.HessianOperator` and ``SigmaOperator``).
 
-    ``records`` holds every check; ``stopped`` says why a call asked the loop to stop ("" if none).
+    ``records`` holds every check, a JSON-ready dict: ``iteration``, ``measured_on``, ``batch_loss`` (as
+    the loop passed it), ``loss`` (on the measurement set, eval mode), ``a`` with ``a_converged``,
+    ``a_residual``, ``a_products``, ``a_start`` ("cold", "warm" or "warm, fell, re-solved cold"), ``a_bound``
+    and ``a_margin``; the same for ``s`` and ``theorem1`` (``theorem1_verdict``) when asked; ``products``,
+    ``seconds`` and ``stop``; non-finite numbers are null. ``stopped`` says why a call asked the loop to
+    stop ("" if none).
     """
 
     def __init__(self, inputs: Tensor, targets: Tensor, *, lr: float, batch_size: int | None = None,
@@ -154,7 +160,7 @@ class StabilityMonitor:
         finally:
             model.train(was_training)
         record = {"kind": "check", "iteration": t, "measured_on": self.measured_on["set"],
-                  "batch_loss": batch_loss, **record}
+                  "batch_loss": None if batch_loss is None else float(batch_loss), **record}
         record["seconds"] = round(time.perf_counter() - begin, 4)
         self._judge(record)
         record = {k: _finite(v) for k, v in record.items()}
@@ -179,7 +185,7 @@ class StabilityMonitor:
                     "s_bound": self.s_bound, "s_margin": 1.0 - s.value / self.s_bound}
             products += s.matvecs
         if self.with_theorem1:
-            t1 = theorem1(problem, lr=self.lr, batch_size=self.batch_size, tol=self.tol, maxiter=self.maxiter,
+            t1 = solve_theorem1(problem, lr=self.lr, batch_size=self.batch_size, tol=self.tol, maxiter=self.maxiter,
                           seed=self.seed, sharpness=a, hvp=self.hvp, engine=self.engine)
             count = sum(dict(getattr(t1, "products", {})).values())
             value = getattr(t1, "value", None)  # whatever Theorem-1 result it is, its value, verdict and cost
