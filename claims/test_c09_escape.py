@@ -9,9 +9,10 @@ nothing happens.
 The prediction uses a and s measured at the restart point (the start minimum), with Theorem 1 at
 (η′, B′) beside them: outside the box its value must exceed 1 (both of its terms are PSD), so its
 verdict, from a converged solve, is "not certified"; inside, Theorem 1 may still exceed 1, being
-sufficient only. Each restart runs the C9 plan of the scale (``claims/profiles.py``), measuring the
-sharpness every ``every`` iterations (every solve must converge) and the full training loss and
-‖x_t − x*‖ every iteration of its window.
+sufficient only. Each restart runs the C9 plan of the scale (``claims/profiles.py``): the stability
+monitor measures the sharpness every ``every`` iterations (every solve must converge), the test the
+full training loss and ‖x_t − x*‖ every iteration of its window. The re-converged minimum is measured
+by ``claims.measured.measure``, as every trained minimum is.
 
 * Predicted unstable, within the plan's ``escape_iters`` iterations: the sharpness falls below half
   its start, or, when a > 2/η′, below 1.05·2/η′; before that the full training loss rises at least
