@@ -198,13 +198,14 @@ def test_gd_sharpness_rises_to_the_edge_and_stays(claim, suite, minima_cache, de
                   "iterations": record.iterations, "checks": len(iters),
                   "monitor products": sum(r["products"] for r in monitor.records)},
         expected={"2/eta": 2 / lr, "reach a eta/2": reach, "a eta/2 at least": floor, "a eta/2 at most": ceiling},
-        seed=edge_config.seed, dtype=monitor.records[0]["dtype"] if monitor.records else None, trajectory={"iteration": iters, "a": [r["a"] for r in monitor.records]},
-        grids=suite.describe())
+        seed=edge_config.seed, dtype=monitor.records[0]["dtype"] if monitor.records else None,
+        trajectory={"iteration": iters, "a": [r["a"] for r in monitor.records]}, grids=suite.describe())
     label = f"GD η = {lr:g} from initialisation"
     unconverged = [r["iteration"] for r in monitor.records if not r["a_converged"]]
     assert not unconverged, f"{label}: the sharpness solve did not converge at iterations {unconverged}"
-    assert first is not None, (f"{label}: a(t) never reached {reach}·2/η = {reach * 2 / lr:.4g} in {record.iterations} "
-                               f"iterations ({record.status}); largest a·η/2 {max(ratios, default=math.nan):.3f}")
+    assert first is not None, (f"{label}: a(t) never reached {reach}·2/η = {reach * 2 / lr:.4g} in "
+                               f"{record.iterations} iterations ({record.status}); largest a·η/2 "
+                               f"{max(ratios, default=math.nan):.3f}")
     outside = [(t, round(q, 3)) for t, q in zip(iters[first:], after) if not floor <= q <= ceiling]
     assert not outside, (f"{label}: after reaching the edge at iteration {iters[first]}, a·η/2 left "
                          f"[{floor}, {ceiling}] at (iteration, a·η/2) {outside[:10]}")
