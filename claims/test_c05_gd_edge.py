@@ -19,7 +19,12 @@ stops inside its edge-of-stability oscillation); the mean over seeds ≤ 1.02 (t
 Edge regime: a single solution a·η/2 ≥ 0.94 (the paper's lowest) and the mean ≥ 0.96 (the paper's
 means lie at 0.965-0.99). Landscape-limited: a ≪ 2/η, i.e. a·η/2 ≤ 0.75, single and mean. The edge
 regime spans at least a factor 5 in η (each grid's η reach that: a unit test checks the profiles).
+
+Trajectory. GD from initialisation at the η of the plan's ``expect["edge trajectory"]``, its sharpness
+a(t) followed by the stability monitor: progressive sharpening that ends at 2/η. After the first
+check where a(t) ≥ 0.95·2/η, a(t) stays within [0.9, 1.02]·2/η (figure ``edge.png``).
 """
+import math
 import statistics
 
 import pytest
@@ -27,8 +32,11 @@ import pytest
 from claims.measured import require_minimum
 from claims.suite import case_id
 from claims.trends import paper_agreement, sharpest_found
-from stabcheck.reporting.rows import Kind
 from claims.kinds import MINIMUM
+from stabcheck.experiments.minima import build_for, dataset_for
+from stabcheck.experiments.monitor import StabilityMonitor
+from stabcheck.experiments.train import train
+from stabcheck.reporting.rows import Kind
 
 pytestmark = pytest.mark.slow  # trains nets on a cold cache (minutes on the CI CPU)
 
@@ -160,3 +168,49 @@ def test_edge_regime_spans_a_wide_range(claim, suite, measured_minimum, gd_setup
                  expected={"lrs": lrs, "span at least": min_span},
                  minima=[m.point() for m in minima], grids=suite.describe())
     assert span >= min_span, f"{gd_setup}: edge regime only at η = {edge_lrs} (span {span:.3g} < {min_span})"
+
+
+def edge_runs(suite) -> list:
+    """The GD run whose sharpness C5 follows from initialisation (the plan's ``edge trajectory``)."""
+    setup, lr, _ = suite.plan("C5").expect["edge trajectory"].value
+    return [suite.profile.setups[setup].config(lr, None, suite.base_seed)]
+
+
+@pytest.mark.claim("C5")
+@pytest.mark.cases(edge_config=edge_runs)
+def test_gd_sharpness_rises_to_the_edge_and_stays(claim, suite, minima_cache, device, edge_config):
+    """Progressive sharpening ending at 2/η: after the first check where a(t) ≥ 0.95·2/η, every later a(t)
+    lies within [0.9, 1.02]·2/η; every check's solve converged."""
+    every = suite.plan("C5").expect["edge trajectory"].value[2]
+    reach, floor, ceiling = (suite.threshold("C5", f"trajectory {k}") for k in ("reach", "floor", "ceiling"))
+    how, setup, lr = suite.profile.measurement, edge_config.setup, edge_config.lr
+    data = dataset_for(edge_config, minima_cache.data_dir)
+    x, y = data.inputs, data.targets(setup.loss)
+    monitor = StabilityMonitor(x, y, lr=lr, loss=setup.loss, every=every, tol=how.tol, maxiter=how.maxiter,
+                               seed=suite.base_seed, device=device)
+    record = claim.measure(train, build_for(edge_config, data), x, y, lr=lr, batch_size=edge_config.batch_size,
+                           loss=setup.loss, tol=setup.tol, max_iters=setup.max_iters, seed=edge_config.seed,
+                           device=device, progress=False, callback=monitor, num_threads=1)
+    iters, ratios = [r["iteration"] for r in monitor.records], [r["a"] * lr / 2 for r in monitor.records]
+    first = next((i for i, q in enumerate(ratios) if q >= reach), None)
+    after = ratios[first:] if first is not None else []
+    claim.record(
+        measured={"first iteration at the edge": Kind.EVENT(iters[first] if first is not None else None),
+                  "min a eta/2 after it": Kind.RATIO(min(after, default=None)),
+                  "max a eta/2 after it": Kind.RATIO(max(after, default=None)),
+                  "final a": Kind.SHARPNESS(monitor.records[-1]["a"] if monitor.records else None),
+                  "status": record.status, "iterations": Kind.ITERATIONS(record.iterations),
+                  "checks": Kind.COUNT(len(iters)),
+                  "monitor products": Kind.PRODUCTS(sum(r["products"] for r in monitor.records))},
+        expected={"2/eta": 2 / lr, "reach a eta/2": reach, "a eta/2 at least": floor, "a eta/2 at most": ceiling},
+        seed=edge_config.seed, dtype=monitor.records[0]["dtype"] if monitor.records else None,
+        trajectory={"iteration": iters, "a": [r["a"] for r in monitor.records]}, grids=suite.describe())
+    label = f"GD η = {lr:g} from initialisation"
+    unconverged = [r["iteration"] for r in monitor.records if not r["a_converged"]]
+    assert not unconverged, f"{label}: the sharpness solve did not converge at iterations {unconverged}"
+    assert first is not None, (f"{label}: a(t) never reached {reach}·2/η = {reach * 2 / lr:.4g} in "
+                               f"{record.iterations} iterations ({record.status}); largest a·η/2 "
+                               f"{max(ratios, default=math.nan):.3f}")
+    outside = [(t, round(q, 3)) for t, q in zip(iters[first:], after) if not floor <= q <= ceiling]
+    assert not outside, (f"{label}: after reaching the edge at iteration {iters[first]}, a·η/2 left "
+                         f"[{floor}, {ceiling}] at (iteration, a·η/2) {outside[:10]}")

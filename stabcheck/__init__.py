@@ -37,14 +37,16 @@ from .curvature.engines import SIGMA_ENGINES
 from .curvature.operators import HessianOperator, SigmaOperator, Theorem1Operator
 from .curvature.problem import Problem, ProblemError
 from .curvature.products import hvp
-from .experiments import toys
+from .experiments import monitor, toys
+from .experiments.monitor import StabilityMonitor, StabilityWarning
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "exact", "toys",
+    "exact", "monitor", "toys",
     "EigenResult", "HessianOperator", "NonUniformityResult", "Problem", "ProblemError", "SIGMA_ENGINES",
-    "SampleTheorem1Result", "SharpnessResult", "SigmaOperator", "SolveOptions", "Theorem1Bound", "Theorem1Operator", "Theorem1Result", "Theorem1Sweep",
+    "SampleTheorem1Result", "SharpnessResult", "SigmaOperator", "SolveOptions", "StabilityMonitor",
+    "StabilityWarning", "Theorem1Bound", "Theorem1Operator", "Theorem1Result", "Theorem1Sweep",
     "hvp", "lanczos", "noise_factor", "non_uniformity", "nonuniformity_bound", "power_iteration", "sharpness",
     "sharpness_bound", "theorem1", "theorem1_batch_sizes",
 ]

@@ -71,10 +71,16 @@ class EigenResult:
         return d
 
 
-def _start_vector(dim: int, seed: int, dtype: torch.dtype, device) -> Tensor:
-    # Drawn on the CPU in float64 so the same seed gives the same v0 on every device and dtype.
-    gen = torch.Generator().manual_seed(seed)
-    v = torch.randn(dim, generator=gen, dtype=torch.float64)
+def _start_vector(dim: int, seed: int, dtype: torch.dtype, device, v0: Tensor | None = None) -> Tensor:
+    if v0 is None:  # drawn on the CPU in float64 so the same seed gives the same start on every device and dtype
+        v = torch.randn(dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    elif not isinstance(v0, Tensor) or v0.shape != (dim,):
+        raise ValueError(f"v0 must be a flat tensor of length dim = {dim}, got "
+                         f"{tuple(v0.shape) if isinstance(v0, Tensor) else type(v0).__name__}")
+    else:
+        v = v0.detach().to(device="cpu", dtype=torch.float64)
+        if not (bool(torch.isfinite(v).all()) and bool(v.any())):
+            raise ValueError("v0 must be finite and not zero; pass None for the seeded random start")
     return (v / v.norm()).to(device=device, dtype=dtype)
 
 
@@ -101,7 +107,7 @@ def _check(tol: float, maxiter: int) -> None:
 
 def power_iteration(
     matvec: Matvec, dim: int, *, tol: float = 1e-4, maxiter: int = 50, seed: int = 0,
-    dtype: torch.dtype = torch.float32, device="cpu",
+    dtype: torch.dtype = torch.float32, device="cpu", v0: Tensor | None = None,
 ) -> EigenResult:
     """The paper's power iteration: v ← Av/‖Av‖, λ = vᵀAv, stop when |λ_k − λ_{k−1}| ≤ tol·|λ_k|.
 
@@ -113,6 +119,7 @@ def power_iteration(
         maxiter: most steps (one product each).
         seed: seed of the random start vector (drawn in float64 on the CPU).
         dtype, device: of the vectors handed to ``matvec``.
+        v0: start vector instead of the random one (normalised here; ``seed`` is then unused).
 
     >>> A = torch.diag(torch.tensor([3.0, 1.0, 0.5], dtype=torch.float64))
     >>> r = power_iteration(lambda v: A @ v, 3, tol=1e-10, maxiter=200, dtype=torch.float64)
@@ -121,7 +128,7 @@ def power_iteration(
     """
     _check(tol, maxiter)
     start = time.perf_counter()
-    v = _start_vector(dim, seed, dtype, device)
+    v = _start_vector(dim, seed, dtype, device, v0)
     history: list[float] = []
     lam, residual, converged, k = 0.0, math.inf, False, 0
     for k in range(1, maxiter + 1):
@@ -148,7 +155,7 @@ def power_iteration(
 
 def lanczos(
     matvec: Matvec, dim: int, *, tol: float = 1e-4, maxiter: int = 50, seed: int = 0,
-    dtype: torch.dtype = torch.float32, device="cpu", certify: bool = True,
+    dtype: torch.dtype = torch.float32, device="cpu", certify: bool = True, v0: Tensor | None = None,
 ) -> EigenResult:
     """Lanczos with full reorthogonalisation for the largest *algebraic* eigenvalue.
 
@@ -166,6 +173,9 @@ def lanczos(
         dtype, device: of the vectors handed to ``matvec``.
         certify: measure the residual explicitly (one product per check) instead of trusting
             the Ritz estimate.
+        v0: start vector instead of the random one (normalised here; ``seed`` is then unused). The
+            residual certifies an eigenpair, not that it is the top one: a start without a component
+            on the top eigenvector finds another eigenvalue (see :mod:`stabcheck.experiments.monitor`).
 
     >>> A = torch.diag(torch.tensor([3.0, 1.0, -5.0], dtype=torch.float64))
     >>> r = lanczos(lambda v: A @ v, 3, tol=1e-10, dtype=torch.float64)
@@ -175,7 +185,7 @@ def lanczos(
     _check(tol, maxiter)
     start = time.perf_counter()
     maxiter = min(maxiter, dim)
-    q = _start_vector(dim, seed, dtype, device)
+    q = _start_vector(dim, seed, dtype, device, v0)
     # The Lanczos vectors as rows of one buffer that grows geometrically: stacking a list of them at
     # every step copied k·d numbers per step (30 s of a 108-step solve at d = 9e5).
     basis = torch.empty((min(maxiter, 16), dim), dtype=dtype, device=device)

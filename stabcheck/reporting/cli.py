@@ -363,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Regenerate the figures (PNG) of a report folder from its claims.json.")
     r.add_argument("folder", help="report folder holding claims.json (e.g. reports/run-20261126-170000)")
     compare.add_parser(sub)
+    w = sub.add_parser("monitor", help="draw a StabilityMonitor log (also while its run goes on)")
+    w.add_argument("log", help="the JSON-lines log of StabilityMonitor(log=...)")
+    w.add_argument("--out", help="PNG to write (default: the log's name with .png)")
     return parser
 
 
@@ -389,6 +392,10 @@ def main(argv: list[str] | None = None) -> int:
                     raise CliError(f"--json {args.json}: cannot write ({err.strerror or err})") from None
         elif args.command == "compare":
             return compare.run_command(args)
+        elif args.command == "monitor":
+            from .monitor_figure import draw_log
+
+            print(draw_log(args.log, args.out))
         else:
             from .figures import draw_all
 

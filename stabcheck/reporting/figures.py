@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 
+from .monitor_figure import edge
 from .report import ReportError
 from .rows import Tag, legacy_tag
 
@@ -198,6 +199,7 @@ FIGURES: dict[str, Callable] = {
     "diagram.png": diagram,
     "gd_edge.png": gd_edge,
     "escape.png": escape,
+    "edge.png": edge,
 }
 
 
