@@ -10,7 +10,9 @@ import torch
 
 from stabcheck.experiments.ensemble import train_ensemble
 from stabcheck.experiments.stacked import matches_train
+from stabcheck.experiments.minima import MinimaCache
 from stabcheck.experiments.models import build_model
+from stabcheck.experiments.setups import Setup
 from stabcheck.experiments.train import TrainError, train
 
 N = 60
@@ -268,17 +270,28 @@ def test_bad_members():
         train_ensemble([], x, y, seeds=[], **kw)
 
 
-@pytest.mark.xfail(strict=True, reason="known: at B = 5 and width 50 (a member's activations 1000 bytes, not a multiple "
-                                       "of 16) the member in row 1 of the stack rounds otherwise than train() from about "
-                                       "step 20, although matches_train says bit-identical; rows 0 and 2 and width 64 "
-                                       "agree. The same at d737c6b: a fix changes cached minima, so it waits for a "
-                                       "decision on the trainer version")
-def test_every_row_of_the_stack_equals_train_at_an_odd_activation_size():
+@pytest.mark.parametrize("width, batch_size", [(50, 5), (50, 10), (64, 5), (51, 4), (13, 7)])
+def test_every_row_of_the_stack_equals_train_at_any_activation_size(width, batch_size):
+    """A member's activations of B·width·4 bytes (1000 at B = 5, width 50) put the odd rows of the stack off
+    MKL's alignment, where the head's product rounds otherwise: the engine aligns each member's block."""
     g = torch.Generator().manual_seed(0)
     x, y = torch.rand(40, 1, 28, 28, generator=g), torch.eye(10)[torch.randint(0, 10, (40,), generator=g)]
-    nets = [build_model("fnn", seed=s, in_shape=(1, 28, 28), num_classes=10, widths=(50, 50)) for s in range(2)]
-    kw = {"lr": 0.1, "batch_size": 5, "tol": 1e-30, "max_iters": 60}
-    assert matches_train(nets[0], 5)
-    alone = _alone(nets, x, y, seeds=(0, 1), **kw)
-    together = train_ensemble(nets, x, y, seeds=[0, 1], engine="mlp", **kw)
+    nets = [build_model("fnn", seed=s, in_shape=(1, 28, 28), num_classes=10, widths=(width, width)) for s in range(4)]
+    kw = {"lr": 0.1, "batch_size": batch_size, "tol": 1e-30, "max_iters": 60}
+    assert matches_train(nets[0], batch_size, n=40)
+    alone = _alone(nets, x, y, seeds=range(4), **kw)
+    together = train_ensemble(nets, x, y, seeds=range(4), engine="mlp", **kw)
     assert all(torch.equal(a.state[k], b.state[k]) for a, b in zip(alone, together) for k in a.state)
+
+
+def test_get_many_trains_through_train_where_the_ensemble_would_not_match(tmp_path):
+    """B = 3 < BIT_IDENTICAL_BATCH: get_many trains each seed alone, so its minima are train()'s."""
+    setup = Setup("tiny", "fashion_mnist", 20, "fnn", (("widths", (50,)),), tol=1e-30, max_iters=100)
+    configs = [setup.config(lr=0.1, batch_size=3, seed=s) for s in (0, 1)]
+    net = build_model("fnn", seed=0, in_shape=(1, 28, 28), num_classes=10, widths=(50,))
+    assert not matches_train(net, 3, n=20)
+    many = MinimaCache(tmp_path / "many", progress=False).get_many(configs)
+    alone = [MinimaCache(tmp_path / "alone", progress=False).get(c) for c in configs]
+    assert [m.record["ensemble"] for m in many] == [1, 1]
+    for a, b in zip(alone, many):
+        assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)

@@ -244,7 +244,8 @@ class MinimaCache:
     def _ensemble_trains(self, config: MinimumConfig) -> bool:
         if config.is_gd or torch.device(self.device).type != "cpu":
             return False
-        return matches_train(build_for(config, dataset_for(config, self.data_dir)), config.batch_size)
+        dataset = dataset_for(config, self.data_dir)
+        return matches_train(build_for(config, dataset), config.batch_size, n=len(dataset.inputs))
 
     def _train_together(self, configs: list[MinimumConfig]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
