@@ -223,3 +223,61 @@ def test_hvp_path_choice_and_refusals(toy):
         HessianOperator(problem, "factored")
     with pytest.raises(stabcheck.ProblemError, match="unknown H v path 'fast'"):
         stabcheck.sharpness(problem, hvp="fast")
+
+
+def _tanh_problem(n: int, dtype, spread: float = 0.0):
+    """The tiny tanh MLP on n samples; with ``spread`` > 0, two samples ``spread`` apart (H_1 ≈ H_2)."""
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = MODELS["mlp-tanh"]().double().eval()
+    x = torch.randn((1, 4), generator=gen, dtype=torch.float64)
+    if spread:
+        x = torch.cat([x, x + spread * torch.randn((1, 4), generator=gen, dtype=torch.float64)])
+    y = torch.nn.functional.one_hot(torch.zeros(len(x), dtype=torch.long), 3).double()
+    return stabcheck.Problem(model, x, y, loss="mse", dtype=dtype)
+
+
+@pytest.mark.parametrize("engine", ["auto", "loop"])
+@pytest.mark.parametrize("method", ["lanczos", "power"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_sigma_zero_converges_at_the_rounding_floor(dtype, method, engine):
+    # n = 1: H_1 = H, so Σ = 0 exactly, computed as a difference of equal terms (rounding noise).
+    from stabcheck.curvature.criteria import SIGMA_NOISE
+
+    prob = _tanh_problem(1, dtype)
+    s = stabcheck.non_uniformity(prob, method=method, engine=engine, tol=1e-4)
+    a = stabcheck.sharpness(prob).value
+    assert s.converged, s
+    assert abs(s.eigenvalue) <= SIGMA_NOISE * torch.finfo(dtype).eps * a * a
+
+
+def _small_sigma_truth(spread: float) -> float:
+    return float(torch.linalg.eigvalsh(dense_curvature(_tanh_problem(2, torch.float64, spread))[2])[-1])
+
+
+@pytest.mark.parametrize("dtype, spread, tol", [(torch.float64, 1e-3, 1e-6), (torch.float32, 0.3, 1e-4)])
+def test_small_sigma_keeps_its_relative_tolerance(dtype, spread, tol):
+    # Two samples close together: Σ = (H_1 − H_2)²/4 is small but far above the rounding floor, so the
+    # floor must not loosen its accuracy.
+    s = stabcheck.non_uniformity(_tanh_problem(2, dtype, spread), tol=tol)
+    assert s.converged
+    assert s.eigenvalue == pytest.approx(_small_sigma_truth(spread), rel=tol)
+
+
+@pytest.mark.parametrize("spread", [1e-2, 1e-3])
+def test_float32_sigma_near_the_floor_is_not_called_converged_wrongly(spread):
+    # float32 resolves λ_max(Σ) ≈ 1.5e-4 (1e-2) only to ~1e-3, short of tol; 1.5e-6 (1e-3) lies below the
+    # floor. Converged must mean: within tol, or within the floor of a Σ its products cannot tell from 0.
+    from stabcheck.curvature.criteria import SIGMA_NOISE
+
+    prob = _tanh_problem(2, torch.float32, spread)
+    s = stabcheck.non_uniformity(prob, tol=1e-4)
+    atol = SIGMA_NOISE * torch.finfo(torch.float32).eps * stabcheck.sharpness(prob).value ** 2
+    truth = _small_sigma_truth(spread)
+    assert not s.converged or abs(s.eigenvalue - truth) <= max(1e-4 * truth, 2 * atol)
+
+
+def test_rounding_floor_does_not_rescue_an_unfinished_solve(mlp):
+    # A genuine Σ that misses tol for want of steps stays unconverged.
+    problem, *_ = mlp
+    assert not stabcheck.non_uniformity(problem, tol=1e-12, maxiter=2).converged

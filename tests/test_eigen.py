@@ -115,3 +115,24 @@ def test_lanczos_value_is_the_rayleigh_quotient_of_its_vector():
     assert torch.equal(v, res.vector) and res.converged
     assert res.value == float(v @ out) != res.history[-1]
     assert res.residual * 5.0 == pytest.approx(float((out - res.value * v).norm()), rel=1e-4)  # scale ≈ 5
+
+
+@pytest.mark.parametrize("method", ["lanczos", "power"])
+def test_atol_converges_on_an_operator_of_pure_rounding_noise(method):
+    # Σ = 0 computed as a difference of equal terms: each product is fresh rounding noise of size 1e-16,
+    # consistent with no matrix, so no relative accuracy exists; the absolute floor is met.
+    gen = torch.Generator().manual_seed(0)
+
+    def noise(v):
+        return torch.randn(v.shape, generator=gen, dtype=v.dtype) * 1e-16 * v.norm()
+
+    solve = lanczos if method == "lanczos" else power_iteration
+    assert not solve(noise, 30, tol=1e-4, dtype=torch.float64).converged
+    r = solve(noise, 30, tol=1e-4, dtype=torch.float64, atol=1e-13)
+    assert r.converged and abs(r.value) <= 1e-13
+
+
+def test_atol_below_the_spectrum_keeps_the_relative_tolerance():
+    A = torch.diag(torch.linspace(1e-6, 1e-3, 40, dtype=torch.float64))
+    r = lanczos(lambda v: A @ v, 40, tol=1e-8, maxiter=40, dtype=torch.float64, atol=1e-16)
+    assert r.converged and r.value == pytest.approx(1e-3, rel=1e-8)

@@ -38,7 +38,7 @@ def test_a_criterion_runs_with_one_thread_and_restores_the_count(two_threads):
 def test_a_failing_criterion_restores_the_count(two_threads):
     problem, seen = make_problem("mlp-tanh", "mse"), []
     with pytest.raises(RuntimeError, match="engine failed"):
-        stabcheck.theorem1(problem, 0.1, 2, engine=_spy_engine(seen, fail=True), tol=1e-6)
+        stabcheck.theorem1(problem, 0.1, 2, form="full", engine=_spy_engine(seen, fail=True), tol=1e-6)
     assert seen == [1]
     assert torch.get_num_threads() == 2
 

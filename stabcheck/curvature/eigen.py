@@ -30,9 +30,11 @@ class EigenResult:
         iterations: solver steps taken.
         matvecs: products with A spent, certifications included.
         residual: the relative residual of (λ, v). Lanczos: ‖A v − λ v‖ / scale, scale = the
-            largest |Ritz value| seen (≥ |λ|), measured with one extra product; without ``certify``
-            its Ritz estimate β_k|s_k|/scale instead. Power iteration: ‖A v − λ v‖ / |λ|.
-        converged: whether the solver's stopping rule was met (``tol``).
+            largest |Ritz value| seen (≥ |λ|) or atol/tol if larger, measured with one extra product;
+            without ``certify`` its Ritz estimate β_k|s_k|/scale instead. Power iteration:
+            ‖A v − λ v‖ / max(|λ|, atol/tol).
+        converged: whether the solver's stopping rule was met (``tol``, or ``atol`` for an operator
+            whose eigenvalues lie at its rounding floor).
         method: "lanczos" or "power".
         tol: the stopping tolerance (its meaning per method is in each solver's docstring).
         seed: seed of the random start vector.
@@ -94,11 +96,14 @@ def _norm(a: Tensor) -> float:
     return float(torch.linalg.vector_norm(a, dtype=torch.float64))
 
 
-def _check(tol: float, maxiter: int) -> None:
-    if isinstance(tol, bool) or not isinstance(tol, Real):
-        raise TypeError(f"tol must be a real number, got {tol!r} ({type(tol).__name__})")
+def _check(tol: float, maxiter: int, atol: float = 0.0) -> None:
+    for name, value in (("tol", tol), ("atol", atol)):
+        if isinstance(value, bool) or not isinstance(value, Real):
+            raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
     if not (tol > 0 and math.isfinite(tol)):  # tol = inf would call any pair converged
         raise ValueError(f"tol must be positive and finite, got {tol}")
+    if not (atol >= 0 and math.isfinite(atol)):
+        raise ValueError(f"atol must be zero or positive and finite, got {atol}")
     if isinstance(maxiter, bool) or not isinstance(maxiter, Integral):
         raise TypeError(f"maxiter must be a whole number of iterations, got {maxiter!r} ({type(maxiter).__name__})")
     if maxiter < 1:
@@ -107,9 +112,9 @@ def _check(tol: float, maxiter: int) -> None:
 
 def power_iteration(
     matvec: Matvec, dim: int, *, tol: float = 1e-4, maxiter: int = 50, seed: int = 0,
-    dtype: torch.dtype = torch.float32, device="cpu", v0: Tensor | None = None,
+    dtype: torch.dtype = torch.float32, device="cpu", v0: Tensor | None = None, atol: float = 0.0,
 ) -> EigenResult:
-    """The paper's power iteration: v ← Av/‖Av‖, λ = vᵀAv, stop when |λ_k − λ_{k−1}| ≤ tol·|λ_k|.
+    """The paper's power iteration: v ← Av/‖Av‖, λ = vᵀAv, stop when |λ_k − λ_{k−1}| ≤ max(tol·|λ_k|, atol).
 
     Finds the eigenvalue of largest *magnitude* (pitfall 4); for a PSD operator that is λ_max.
 
@@ -120,23 +125,26 @@ def power_iteration(
         seed: seed of the random start vector (drawn in float64 on the CPU).
         dtype, device: of the vectors handed to ``matvec``.
         v0: start vector instead of the random one (normalised here; ``seed`` is then unused).
+        atol: an absolute change of λ that also stops it: the rounding floor of the products, for an
+            operator whose eigenvalues may lie at that floor (0: none).
 
     >>> A = torch.diag(torch.tensor([3.0, 1.0, 0.5], dtype=torch.float64))
     >>> r = power_iteration(lambda v: A @ v, 3, tol=1e-10, maxiter=200, dtype=torch.float64)
     >>> round(r.value, 6), r.converged
     (3.0, True)
     """
-    _check(tol, maxiter)
+    _check(tol, maxiter, atol)
     start = time.perf_counter()
     v = _start_vector(dim, seed, dtype, device, v0)
+    floor = atol / tol  # the |λ| below which the residual is judged against atol
     history: list[float] = []
     lam, residual, converged, k = 0.0, math.inf, False, 0
     for k in range(1, maxiter + 1):
         w = matvec(v)
         lam = _dot(v, w)
-        residual = _norm(w - lam * v) / max(abs(lam), 1e-300)
+        residual = _norm(w - lam * v) / max(abs(lam), floor, 1e-300)
         history.append(lam)
-        if len(history) > 1 and abs(lam - history[-2]) <= tol * abs(lam):
+        if len(history) > 1 and abs(lam - history[-2]) <= tol * max(abs(lam), floor):
             converged = True
             break
         norm = _norm(w)
@@ -156,10 +164,11 @@ def power_iteration(
 def lanczos(
     matvec: Matvec, dim: int, *, tol: float = 1e-4, maxiter: int = 50, seed: int = 0,
     dtype: torch.dtype = torch.float32, device="cpu", certify: bool = True, v0: Tensor | None = None,
+    atol: float = 0.0,
 ) -> EigenResult:
     """Lanczos with full reorthogonalisation for the largest *algebraic* eigenvalue.
 
-    Stops when the Ritz residual β_k|s_k| ≤ tol·scale (scale = largest |Ritz value|).
+    Stops when the Ritz residual β_k|s_k| ≤ max(tol·scale, atol) (scale = largest |Ritz value|).
     ``certify`` spends one more product to measure ‖Av − λv‖ explicitly and reports that, with λ
     the Rayleigh quotient vᵀAv of that product; when the measured residual misses tol (rounding,
     mostly in float32) the iteration goes on with a stricter target instead of stopping unconverged.
@@ -176,13 +185,17 @@ def lanczos(
         v0: start vector instead of the random one (normalised here; ``seed`` is then unused). The
             residual certifies an eigenpair, not that it is the top one: a start without a component
             on the top eigenvector finds another eigenvalue (see :mod:`stabcheck.experiments.monitor`).
+        atol: an absolute residual that also counts as converged: the rounding floor of the
+            products. An operator whose eigenvalues lie at that floor (Σ = 0 computed as a
+            difference of equal terms) has no relative accuracy to reach; it converges to ±atol.
+            0 (default): none.
 
     >>> A = torch.diag(torch.tensor([3.0, 1.0, -5.0], dtype=torch.float64))
     >>> r = lanczos(lambda v: A @ v, 3, tol=1e-10, dtype=torch.float64)
     >>> round(r.value, 6), r.converged
     (3.0, True)
     """
-    _check(tol, maxiter)
+    _check(tol, maxiter, atol)
     start = time.perf_counter()
     maxiter = min(maxiter, dim)
     q = _start_vector(dim, seed, dtype, device, v0)
@@ -192,7 +205,8 @@ def lanczos(
     alphas: list[float] = []
     betas: list[float] = []
     history: list[float] = []
-    theta, scale, estimate = 0.0, 0.0, math.inf
+    # The scale residuals are judged against: the largest |Ritz value|, at least atol/tol.
+    theta, scale, estimate = 0.0, max(atol / tol, 1e-300), math.inf
     target = tol  # the estimate a step must reach before a certification is spent
     certifications = 0
     residual = math.inf
@@ -215,9 +229,9 @@ def lanczos(
         theta = float(evals[-1])
         ritz = evecs[:, -1]
         scale = max(scale, float(evals.abs().max()))
-        estimate = beta * abs(float(ritz[-1])) / max(scale, 1e-300)
+        estimate = beta * abs(float(ritz[-1])) / scale
         history.append(theta)
-        invariant = beta <= 1e-12 * max(scale, 1e-300)  # the Krylov space is invariant: nothing more to find
+        invariant = beta <= 1e-12 * scale  # the Krylov space is invariant: nothing more to find
         if estimate <= target or invariant or k == maxiter:
             vector = Q.T @ ritz.to(dtype=dtype, device=Q.device)
             vector = vector / _norm(vector)
@@ -228,7 +242,7 @@ def lanczos(
             # vᵀAv, the Ritz value of exact arithmetic: in float32 the recurrence's θ drifts by up to
             # the residual (7e-5 of a on the paper-scale FNN, d = 9e5, where vᵀAv is 3e-6 off).
             theta = _dot(vector, product)
-            residual = _norm(product - theta * vector) / max(scale, 1e-300)
+            residual = _norm(product - theta * vector) / scale
             certifications += 1
             if residual <= tol or invariant or k == maxiter:
                 break
