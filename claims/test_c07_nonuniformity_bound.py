@@ -7,7 +7,8 @@ equal-η/B pairs, and one case for the tightness at the small-B settings the C7 
 
 Thresholds (``claims/profiles.py``): s ≤ 1.1 × bound, the margin for the paper's "a few percent
 over" (in d > 1 the s-bound is empirical, not a theorem); at the tight settings the mean s/bound
-reaches the plan's floor (small: 0.75, paper: 0.56), set where a 15% low bias of s would fall below it.
+reaches the plan's floor for the setup (small: 0.75, paper: 0.56; the VGG 0.33, its published s/bound at
+B = 10 being 0.38, not tight), set where a 15% low bias of s would fall below it.
 """
 import statistics
 
@@ -24,11 +25,14 @@ def sgd_configs(suite) -> list:
 
 
 def tight_configs(suite) -> dict[str, list]:
-    """One case: every SGD minimum at the declared tight (η, B) settings."""
+    """One case per setup: every SGD minimum of it at the declared tight (η, B) settings."""
     settings = suite.plan("C7").expect["tight settings"].value
-    configs = [c for c in sgd_configs(suite) if (c.lr, c.batch_size) in settings]
     names = "+".join(f"lr={lr:g}-B={b}" for lr, b in settings)
-    return {f"{configs[0].setup.name}-{names}": configs} if configs else {}
+    cases: dict[str, list] = {}
+    for c in sgd_configs(suite):
+        if (c.lr, c.batch_size) in settings:
+            cases.setdefault(f"{c.setup.name}-{names}", []).append(c)
+    return cases
 
 
 @pytest.mark.claim("C7")
@@ -48,8 +52,9 @@ def test_sgd_solution_within_nonuniformity_bound(claim, suite, measured_minimum,
 @pytest.mark.cases(tight=tight_configs)
 def test_bound_nearly_tight_for_small_batches(claim, suite, measured_minimum, tight):
     """At the declared small-B settings the mean s/bound over their minima is at least the plan's floor
-    (small 0.75, paper 0.56): the paper's 'nearly tight', set where a 15% low bias of s falls below it."""
-    floor = suite.threshold("C7", "tight mean")
+    (small 0.75, paper 0.56; the paper's VGG 0.33): the paper's 'nearly tight' (for the VGG, its published
+    s/bound), set where a 15% low bias of s falls below it."""
+    floor = suite.plan("C7").threshold("tight mean", tight[0].setup.name)
     minima = claim.measure(lambda: [measured_minimum(c) for c in tight])
     ratios = [m.s_ratio for m in minima]
     mean = statistics.fmean(ratios)
