@@ -18,23 +18,18 @@ import json
 import sys
 from pathlib import Path
 
+from stabcheck.reporting.compare import load_run
 from stabcheck.reporting.report import ReportError, write_atomic, write_report
 
 RAN = ("passed", "failed", "skipped")
 
 
 def load(folder: Path) -> dict:
-    """The claims.json of a run folder."""
-    source = Path(folder) / "claims.json"
-    if not source.is_file():
-        raise ReportError(f"{source} does not exist: give the report folders of claims runs (they hold claims.json)")
-    try:
-        report = json.loads(source.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ReportError(f"{source} is not a readable claims report (UTF-8 JSON): {err}") from err
-    if not isinstance(report, dict) or not isinstance(report.get("cases"), list):
-        raise ReportError(f"{source} has no list of cases: is it a claims report written by pytest claims/?")
-    return report
+    """cases, rows, benchmarks and stopped of a run folder (ReportError naming what is wrong otherwise)."""
+    run = load_run(folder)
+    data = json.loads((Path(folder) / "claims.json").read_text(encoding="utf-8"))
+    return {"cases": list(run.cases.values()), "rows": list(run.rows.values()),
+            "benchmarks": data.get("benchmarks") or [], "stopped": data.get("stopped") or ""}
 
 
 def merge(runs: list[Path]) -> tuple[list[dict], list[dict], list[dict], str, dict[str, int]]:

@@ -97,7 +97,7 @@ def test_merged_report_is_one_report(tmp_path):
 
 
 def test_merge_of_a_folder_without_a_report_says_what_to_give(tmp_path, capsys):
-    with pytest.raises(ReportError, match="claims.json"):
+    with pytest.raises(ReportError, match="has no claims.json"):
         paper_runs.merge([tmp_path])
     assert paper_runs.main(["merge", str(tmp_path / "out"), str(tmp_path)]) == 2
-    assert "give the report folders" in capsys.readouterr().err
+    assert "give a folder written by 'pytest claims/'" in capsys.readouterr().err
