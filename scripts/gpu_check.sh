@@ -69,7 +69,7 @@ EOF
 } 2>&1 | tee "$out/env.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || { echo "[gpu_check] environment check failed: $out/env.txt" >&2; exit 1; }
 
-mapfile -t cases < <("$python" -m pytest claims/ --scale paper --collect-only -q -p no:cacheprovider "$@" \
+mapfile -t cases < <("$python" -m pytest claims/ --scale paper --collect-only -q -p no:cacheprovider \
                      | grep '^claims/' | grep -Ef "$root/scripts/gpu_only.regex")
 echo "[gpu_check] ${#cases[@]} paper-scale cases in the GPU remainder (scripts/gpu_only.regex)"
 args=(-m pytest "${cases[@]}" --scale paper --device "$device" --cache-dir "$STABCHECK_CACHE_DIR"

@@ -39,7 +39,7 @@ python=${STABCHECK_VENV:-$root/.venv}/bin/python
 report=$(mkdir -p "${PAPER_REPORT:-$root/reports/paper-cpu}" && cd "${PAPER_REPORT:-$root/reports/paper-cpu}" && pwd)
 mkdir -p "$report/runs"
 mapfile -t earlier < <(find "$report/runs" -mindepth 2 -maxdepth 2 -name claims.json -printf '%h\n' | sort)
-mapfile -t cases < <("$python" -m pytest claims/ --scale paper --collect-only -q -p no:cacheprovider "$@" \
+mapfile -t cases < <("$python" -m pytest claims/ --scale paper --collect-only -q -p no:cacheprovider \
                      | grep '^claims/' | grep -Evf "$root/scripts/gpu_only.regex" | keep \
                      | "$python" -m claims.paper_runs pending "${earlier[@]}")
 echo "[paper_cpu] part $part: ${#cases[@]} paper-scale cases not yet run (${#earlier[@]} earlier runs), budget $budget"
@@ -50,7 +50,7 @@ if [ ${#cases[@]} -gt 0 ]; then
   "$python" -m pytest "${cases[@]}" --scale paper --budget "$budget" --report-dir "$run" -p no:cacheprovider "$@" \
     || status=$?
   echo "[paper_cpu] run $(basename "$run"): wall time $(( $(date +%s) - start )) s, pytest exit status $status"
-  earlier+=("$run")
+  [ -f "$run/claims.json" ] && earlier+=("$run")
 fi
 [ ${#earlier[@]} -gt 0 ] && "$python" -m claims.paper_runs merge "$report" "${earlier[@]}"
 exit "$status"
