@@ -408,7 +408,8 @@ def _paper() -> Profile:
     train_seconds = {("fnn", 0.1, 10, 0.0): 90, ("fnn", 0.1, 100, 0.0): 270, ("fnn", 0.5, None, 0.0): 600,
                      ("fnn", 0.5, 50, 0.0): 75, ("fnn", 1.0, None, 0.0): 350, ("fnn", 5.0, None, 0.0): 180,
                      ("vgg", 0.1, 10, 0.0): 27, ("vgg", 0.1, 100, 0.0): 111, ("vgg", 0.5, 50, 0.0): 96,
-                     ("fnn", 0.5, None, 0.8): 241}
+                     ("fnn", 0.5, None, 0.8): 241, ("resfnn_free", 0.1, 10, 0.0): 78,
+                     ("resfnn_free", 0.1, 100, 0.0): 221, ("resfnn_bn", 0.1, 10, 0.0): 32}
     return Profile(name="paper", setups=_frozen({s.name: s for s in (fnn, vgg, res_bn, res_free, resfnn_free,
                                                                      resfnn_bn)}),
                    measurement=Measurement(tol=1e-4, maxiter=50), plans=_frozen(plans),
