@@ -52,7 +52,7 @@ def mean_outside(mean: float, error: float, floor: float | None, ceiling: float,
     """Why a mean with standard error ``error`` lies beyond its floor or ceiling by more than ``spread``
     standard errors (the floor and ceiling bound the true mean, not one draw of it); empty when it does not.
 
-    >>> mean_outside(0.957, 0.003, 0.96, 1.02, 3.0), mean_outside(1.053, 0.003, 0.96, 1.02, 3.0)[:25]
+    >>> mean_outside(0.957, 0.003, 0.96, 1.02, 3.0), mean_outside(1.053, 0.003, 0.96, 1.02, 3.0)[:24]
     ('', '1.053 > 1.02 + 3 × 0.003')
     """
     if mean - spread * error > ceiling:
