@@ -142,15 +142,15 @@ def test_box_sides_are_where_theorem1_reaches_one_in_d1(claim, batch_size):
 # ---- trained nets -------------------------------------------------------------------------------
 # Pairs with equal η/B trained from the same seed; the minima come from the run's shared cache.
 def equal_ratio_pairs(suite) -> dict:
-    """id → (smaller-η config, larger-η config): the C3 plan's settings grouped by (η/B, seed)."""
+    """id → (smaller-η config, larger-η config): the C3 plan's settings grouped by (setup, η/B, seed)."""
     groups: dict[tuple, list] = {}
     for c in suite.configs("C3"):
-        groups.setdefault((round(c.lr / c.batch_size, 12), c.seed), []).append(c)
+        groups.setdefault((c.setup.name, round(c.lr / c.batch_size, 12), c.seed), []).append(c)
     pairs = {}
     for group in groups.values():
         small_lr, large_lr = sorted(group, key=lambda c: c.lr)
-        pairs[f"lr={small_lr.lr:g}-B={small_lr.batch_size}-vs-lr={large_lr.lr:g}-B={large_lr.batch_size}"
-              f"-seed={small_lr.seed}"] = (small_lr, large_lr)
+        pairs[f"{small_lr.setup.name}-lr={small_lr.lr:g}-B={small_lr.batch_size}-vs-lr={large_lr.lr:g}"
+              f"-B={large_lr.batch_size}-seed={small_lr.seed}"] = (small_lr, large_lr)
     return pairs
 
 

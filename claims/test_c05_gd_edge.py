@@ -17,8 +17,11 @@ is *not determined*, and only the ceilings apply.
 Thresholds (``claims/profiles.py`` gives the reason for each): a single solution a·η/2 ≤ 1.05 (GD
 stops inside its edge-of-stability oscillation); the mean over seeds ≤ 1.02 (the paper's ceiling).
 Edge regime: a single solution a·η/2 ≥ 0.94 (the paper's lowest) and the mean ≥ 0.96 (the paper's
-means lie at 0.965-0.99). Landscape-limited: a ≪ 2/η, i.e. a·η/2 ≤ 0.75, single and mean. The edge
-regime spans at least a factor 5 in η (each grid's η reach that: a unit test checks the profiles).
+means lie at 0.965-0.99); the VGG on CIFAR-10 ≥ 0.76 and ≥ 0.90 (its published GD at η = 0.5 spreads over
+0.76-1.02, mean 0.91). Landscape-limited: a ≪ 2/η, i.e. a·η/2 ≤ 0.75, single and mean. A floor or ceiling
+on a mean bounds the true mean: ours of k seeds fails it only when beyond it by more than 3 standard
+errors (seed sd/√k). The edge regime spans at least a factor 5 in η (each grid's η reach that: a unit
+test checks the profiles).
 
 Trajectory. GD from initialisation at the η of the plan's ``expect["edge trajectory"]``, its sharpness
 a(t) followed by the stability monitor: progressive sharpening that ends at 2/η. After the first
@@ -31,7 +34,7 @@ import pytest
 
 from claims.measured import require_minimum
 from claims.suite import case_id
-from claims.trends import paper_agreement, sharpest_found
+from claims.trends import mean_outside, paper_agreement, sharpest_found, standard_error
 from claims.kinds import MINIMUM
 from stabcheck.experiments.minima import build_for, dataset_for
 from stabcheck.experiments.monitor import StabilityMonitor
@@ -84,11 +87,11 @@ def regime(suite, measured_minimum, run_minima, lr: float, setup: str) -> tuple[
     return (EDGE if edge else UNDETERMINED), sharpest, ""
 
 
-def bounds_for(suite, which: str, kind: str) -> tuple[float | None, float]:
-    """(floor or None, ceiling) of a·η/2 in a regime; ``which`` is "single" or "mean"."""
+def bounds_for(suite, which: str, kind: str, setup: str) -> tuple[float | None, float]:
+    """(floor or None, ceiling) of a·η/2 in a regime on a setup; ``which`` is "single" or "mean"."""
     ceiling = suite.threshold("C5", f"{which} ceiling")
     if kind == EDGE:
-        return suite.threshold("C5", "edge floor" if which == "single" else "mean floor"), ceiling
+        return suite.plan("C5").threshold("edge floor" if which == "single" else "mean floor", setup), ceiling
     if kind == LANDSCAPE:
         return None, min(ceiling, suite.threshold("C5", "landscape ceiling"))
     return None, ceiling
@@ -101,7 +104,7 @@ def test_gd_solution_at_the_edge(claim, suite, measured_minimum, run_minima, gd_
     a·η/2 ≤ 0.75 (a ≪ 2/η)."""
     m = claim.measure(measured_minimum, gd_config)
     kind, sharpest, conflict = regime(suite, measured_minimum, run_minima, gd_config.lr, gd_config.setup.name)
-    floor, ceiling = bounds_for(suite, "single", kind)
+    floor, ceiling = bounds_for(suite, "single", kind, gd_config.setup.name)
     smaller = sorted({c.lr for c in smaller_lrs(suite, run_minima, gd_config.lr, gd_config.setup.name)})
     claim.record(
         measured={**m.measured(), "regime": kind, "sharpest GD minimum at smaller lr": Kind.SHARPNESS(sharpest),
@@ -122,36 +125,37 @@ def test_gd_solution_at_the_edge(claim, suite, measured_minimum, run_minima, gd_
 @pytest.mark.cases(gd_group=setting_groups)
 def test_mean_sharpness_per_learning_rate(claim, suite, measured_minimum, run_minima, gd_group):
     """The paper's table: mean a over seeds at each η; its a·η/2 ≤ 1.02, within [0.96, 1.02] in the edge
-    regime, ≤ 0.75 where landscape-limited; where the paper gives the mean (its own setting), ours agrees
+    regime (the VGG: [0.90, 1.02]), ≤ 0.75 where landscape-limited, each up to 3 standard errors of the mean
+    (seed sd/√k: the bounds are on the true mean); where the paper gives the mean (its own setting), ours agrees
     with it within 3 standard errors of the difference of the two means, or 5% (``claims.trends.paper_agreement``)."""
     minima = claim.measure(lambda: [measured_minimum(c) for c in gd_group])
     c0 = gd_group[0]
     kind, sharpest, conflict = regime(suite, measured_minimum, run_minima, c0.lr, c0.setup.name)
-    floor, ceiling = bounds_for(suite, "mean", kind)
+    floor, ceiling = bounds_for(suite, "mean", kind, c0.setup.name)
     mean_a = statistics.fmean(m.a.value for m in minima)
-    ratio = mean_a * c0.lr / 2
+    ratio, error = mean_a * c0.lr / 2, standard_error([m.a.value * c0.lr / 2 for m in minima])
+    spread = suite.threshold("C5", "mean spread")
     paper = suite.paper("C5", "mean a", c0.setup.name, c0.lr)
     agreement = (paper_agreement(f"mean a at lr={c0.lr:g}", [m.a.value for m in minima], paper,
                                  suite.threshold("C5", "paper spread"), suite.threshold("C5", "paper floor"))
                  if isinstance(paper, float) else None)
     claim.record(
         measured={"mean a": Kind.SHARPNESS(mean_a), "mean a eta/2": Kind.RATIO(ratio),
+                  "standard error of mean a eta/2": Kind.RATIO(error),
                   "a per seed": Kind.SHARPNESS([m.a.value for m in minima]),
                   "mean s": Kind.NONUNIFORMITY(statistics.fmean(m.s.value for m in minima)),
                   "regime": kind, "sharpest GD minimum at smaller lr": Kind.SHARPNESS(sharpest),
                   **(agreement.entries() if agreement else {})},
         expected={"2/eta": 2 / c0.lr, "paper mean a": paper, "mean a eta/2 at most": ceiling,
-                  "mean a eta/2 at least": floor},
+                  "mean a eta/2 at least": floor, "standard errors allowed": spread},
         headline=[{"what": f"{c0.setup.name} mean a at lr={c0.lr:g}", "ours": mean_a, "paper": paper}],
         minima=[m.point() for m in minima], grids=suite.describe())
     for m in minima:
         require_minimum(m)
     assert not conflict, f"η = {c0.lr:g}: {conflict}"
     assert agreement is None or agreement.holds, agreement.message()
-    assert ratio <= ceiling, f"η = {c0.lr:g} ({kind}): mean a = {mean_a:.4g}, mean a·η/2 = {ratio:.3f} > {ceiling}"
-    if floor is not None:
-        assert ratio >= floor, (f"η = {c0.lr:g} (edge regime): mean a = {mean_a:.4g}, "
-                                f"mean a·η/2 = {ratio:.3f} < {floor}")
+    outside = mean_outside(ratio, error, floor, ceiling, spread)
+    assert not outside, f"η = {c0.lr:g} ({kind}): mean a = {mean_a:.4g}, mean a·η/2 = {outside}"
 
 
 @pytest.mark.claim("C5")

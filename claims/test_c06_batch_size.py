@@ -31,14 +31,14 @@ QUANTITIES = ("a", "s")
 
 def batch_pairs(suite) -> dict[str, tuple[list, list]]:
     """Consecutive batch sizes at each η of the batch grid: id → (configs at B₁, configs at B₂)."""
-    by_setting: dict[tuple[float, int], list] = {}
+    by_setting: dict[tuple[str, float, int], list] = {}
     for c in suite.configs("C6"):
-        by_setting.setdefault((c.lr, c.batch_size), []).append(c)
+        by_setting.setdefault((c.setup.name, c.lr, c.batch_size), []).append(c)
     pairs = {}
-    for lr in sorted({lr for lr, _ in by_setting}):
-        sizes = sorted(b for l, b in by_setting if l == lr)
+    for setup, lr in sorted({(name, lr) for name, lr, _ in by_setting}):
+        sizes = sorted(b for name, l, b in by_setting if (name, l) == (setup, lr))
         for b1, b2 in zip(sizes, sizes[1:]):
-            first, second = by_setting[(lr, b1)], by_setting[(lr, b2)]
+            first, second = by_setting[(setup, lr, b1)], by_setting[(setup, lr, b2)]
             pairs[f"{first[0].setup.name}-lr={lr:g}-B={b1}-vs-B={'n' if second[0].is_gd else b2}"] = (first, second)
     return pairs
 

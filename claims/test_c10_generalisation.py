@@ -30,11 +30,11 @@ PAPER_REMARK = ("flatter minima generalise only slightly better (paper's data); 
 
 
 def smallest_batch_vs_gd(suite) -> dict[str, tuple[list, list]]:
-    """At each η of the C6 grid: (minima at the smallest B, GD minima)."""
+    """At each (setup, η) of the C6 grid: (minima at the smallest B, GD minima)."""
     configs = suite.configs("C6")
     cases = {}
-    for lr in sorted({c.lr for c in configs}):
-        at_lr = [c for c in configs if c.lr == lr]
+    for setup, lr in sorted({(c.setup.name, c.lr) for c in configs}):
+        at_lr = [c for c in configs if (c.setup.name, c.lr) == (setup, lr)]
         smallest = min(c.batch_size for c in at_lr if not c.is_gd)
         sgd = [c for c in at_lr if c.batch_size == smallest]
         gd = [c for c in at_lr if c.is_gd]

@@ -7,7 +7,8 @@ a ≤ 2(1 + μ)/η, and lands at a ≈ 2(1 + μ)/η; with SGD, a and s fall as �
   a ≤ 1.05·2(1+μ)/η, and the mean over seeds at each (η, μ) ≤ 1.02·2(1+μ)/η — C5's ceilings, for
   the same reason (GD stops inside its edge oscillation). In the edge regime C5's floors too: every
   solution a ≥ 0.94·2(1+μ)/η and the mean ≥ 0.96·2(1+μ)/η (the band the paper's GD means occupy);
-  the regime by C5's rule: GD or heavy ball at another setting of the same setup reached a minimum
+  a mean misses a floor or ceiling only beyond 3 standard errors (C5's rule); the regime by C5's rule:
+  GD or heavy ball at another setting of the same setup, among this run's minima, reached a minimum
   sharper than 2(1+μ)/η.
 * SGD (the plan's SGD grid, fixed η and B): the mean a and the mean s over seeds fall with each
   larger μ, and Kendall's τ between μ and each over all solutions is negative at one-sided level
@@ -21,7 +22,7 @@ import pytest
 
 from claims.measured import require_minimum
 from claims.suite import case_id
-from claims.trends import monotone_trend, sharpest_found
+from claims.trends import mean_outside, monotone_trend, sharpest_found, standard_error
 from stabcheck.reporting.rows import Kind
 from claims.kinds import MINIMUM
 
@@ -57,25 +58,26 @@ def sgd_momentum_groups(suite) -> dict[str, list]:
     return groups
 
 
-def regime(suite, measured_minimum, config) -> tuple[bool, float]:
-    """(edge regime?, sharpest full-batch minimum of the setup at another (η, μ))."""
+def regime(suite, measured_minimum, run_minima, config) -> tuple[bool, float]:
+    """(edge regime?, sharpest full-batch minimum of the setup at another (η, μ) among this run's minima: a
+    deselected one, e.g. GD at η = 0.01 at paper scale, is not trained for this)."""
     others = [c for c in full_batch_configs(suite, config.setup.name)
-              if (c.lr, c.momentum) != (config.lr, config.momentum)]
+              if (c.lr, c.momentum) != (config.lr, config.momentum) and c in run_minima]
     sharpest = sharpest_found([measured_minimum(c) for c in others])
     return sharpest > heavy_ball_bound(config), sharpest
 
 
 @pytest.mark.claim("C14")
 @pytest.mark.cases(hb_config=heavy_ball_configs)
-def test_heavy_ball_gd_at_its_edge(claim, suite, measured_minimum, hb_config):
+def test_heavy_ball_gd_at_its_edge(claim, suite, measured_minimum, run_minima, hb_config):
     """a ≤ 1.05·2(1+μ)/η; in the edge regime a ≥ 0.94·2(1+μ)/η."""
     ceiling, floor = suite.threshold("C14", "single ceiling"), suite.threshold("C14", "edge floor")
     m = claim.measure(measured_minimum, hb_config)
     bound = heavy_ball_bound(hb_config)
     ratio = m.a.value / bound
-    edge, sharpest = regime(suite, measured_minimum, hb_config)
+    edge, sharpest = regime(suite, measured_minimum, run_minima, hb_config)
     claim.record(measured={**m.measured(), "a/(2(1+mu)/eta)": Kind.RATIO(ratio),
-                           "regime": "edge" if edge else "landscape-limited",
+                           "regime": "edge" if edge else "not determined",
                            "sharpest full-batch minimum elsewhere": Kind.SHARPNESS(sharpest)}, kinds=MINIMUM,
                  expected={"2(1+mu)/eta": bound, **m.bounds(), "ratio at most": ceiling,
                            "ratio at least": floor if edge else None},
@@ -90,25 +92,28 @@ def test_heavy_ball_gd_at_its_edge(claim, suite, measured_minimum, hb_config):
 
 @pytest.mark.claim("C14")
 @pytest.mark.cases(hb_group=hb_groups)
-def test_heavy_ball_gd_mean_sharpness(claim, suite, measured_minimum, hb_group):
-    """Mean a over seeds at each (η, μ) ≤ 1.02·2(1+μ)/η, and ≥ 0.96·2(1+μ)/η in the edge regime."""
+def test_heavy_ball_gd_mean_sharpness(claim, suite, measured_minimum, run_minima, hb_group):
+    """Mean a over seeds at each (η, μ) ≤ 1.02·2(1+μ)/η, and ≥ 0.96·2(1+μ)/η in the edge regime, each up to
+    3 standard errors of the mean (C5's rule)."""
     ceiling, floor = suite.threshold("C14", "mean ceiling"), suite.threshold("C14", "mean floor")
+    spread = suite.threshold("C14", "mean spread")
     minima = claim.measure(lambda: [measured_minimum(c) for c in hb_group])
     bound = heavy_ball_bound(hb_group[0])
     ratio = statistics.fmean(m.a.value for m in minima) / bound
-    edge, sharpest = regime(suite, measured_minimum, hb_group[0])
+    error = standard_error([m.a.value / bound for m in minima])
+    edge, sharpest = regime(suite, measured_minimum, run_minima, hb_group[0])
     claim.record(measured={"mean a": Kind.SHARPNESS(ratio * bound), "mean a/(2(1+mu)/eta)": Kind.RATIO(ratio),
+                           "standard error": Kind.RATIO(error),
                            "a per seed": Kind.SHARPNESS([m.a.value for m in minima]),
-                           "regime": "edge" if edge else "landscape-limited",
+                           "regime": "edge" if edge else "not determined",
                            "sharpest full-batch minimum elsewhere": Kind.SHARPNESS(sharpest)},
                  expected={"2(1+mu)/eta": bound, "ratio at most": ceiling, "ratio at least": floor if edge else None},
                  minima=[m.point() for m in minima], grids=suite.describe())
     for m in minima:
         require_minimum(m)
-    assert ratio <= ceiling, f"mean a = {ratio * bound:.4g} is {ratio:.3f} × 2(1+μ)/η > {ceiling}"
-    if edge:
-        assert ratio >= floor, (f"edge regime (a = {sharpest:.4g} found elsewhere) but mean a = {ratio * bound:.4g} is "
-                                f"{ratio:.3f} × 2(1+μ)/η < {floor}")
+    outside = mean_outside(ratio, error, floor if edge else None, ceiling, spread)
+    assert not outside, (f"mean a = {ratio * bound:.4g}, mean a/(2(1+μ)/η) = {outside}"
+                         + (f" (edge regime: a = {sharpest:.4g} found elsewhere)" if edge else ""))
 
 
 @pytest.mark.claim("C14")

@@ -41,6 +41,29 @@ def monotone_trend(minima: list[MeasuredMinimum], setting: str, rising: bool, al
     return measured, failures
 
 
+def standard_error(values: list[float]) -> float:
+    """Seed sd/√k of the mean of k values (0 for one value): how far a mean of k seeds scatters.
+
+    >>> round(standard_error([1.0, 2.0, 3.0]), 6)
+    0.57735
+    """
+    return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+
+
+def mean_outside(mean: float, error: float, floor: float | None, ceiling: float, spread: float) -> str:
+    """Why a mean with standard error ``error`` lies beyond its floor or ceiling by more than ``spread``
+    standard errors (the floor and ceiling bound the true mean, not one draw of it); empty when it does not.
+
+    >>> mean_outside(0.957, 0.003, 0.96, 1.02, 3.0), mean_outside(1.053, 0.003, 0.96, 1.02, 3.0)[:24]
+    ('', '1.053 > 1.02 + 3 × 0.003')
+    """
+    if mean - spread * error > ceiling:
+        return f"{mean:.4g} > {ceiling} + {spread:g} × {error:.2g} (standard error)"
+    if floor is not None and mean + spread * error < floor:
+        return f"{mean:.4g} < {floor} − {spread:g} × {error:.2g} (standard error)"
+    return ""
+
+
 #: The paper's means are over about 5 runs per setting (PAPER.md §3).
 PAPER_RUNS = 5
 

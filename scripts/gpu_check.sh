@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# Paper-scale check of the trained-net claims (C5-C9, C14; C13 on request) on one CUDA GPU, in a time budget.
+# The paper-scale remainder a CPU does not reach, on one CUDA GPU, in a time budget: exactly the cases
+# matching scripts/gpu_only.regex, which scripts/paper_cpu.sh leaves out (README.md, "Paper scale").
 #
 #   scripts/gpu_check.sh OUT_DIR [--dry-run] [extra pytest arguments]
 #
 # OUT_DIR gets: env.txt (GPU, versions, data sources), setup.log, pytest.log, report/ (claims.json,
 # claims.md, benchmark.json, figures). Minima are cached in $STABCHECK_CACHE_DIR (default
-# /tmp/stabcheck-gpu-minima), so a rerun on the same machine only measures.
+# /tmp/stabcheck-gpu-minima), so a rerun on the same machine resumes: it trains only what is missing.
+# Merge the report with the CPU runs' into one: python -m claims.paper_runs merge OUT RUN... (README).
 #
-# The subset: the FNN on FashionMNIST (n = 1000, 784-500-500-500-10, tol 1e-4) with the first
-# $STABCHECK_SEEDS_PER_SETTING seeds of every grid (default 2 of the paper's 5) for C5-C9 and C14;
-# the VGG and ResNet cases are deselected (-k "not vgg and not resnet"; pass another -k to change
-# that). pytest runs with --budget $STABCHECK_GPU_BUDGET seconds (default 540): whole claims run
-# cheapest first, the run stops cleanly when the budget is spent, and the report holds every
-# finished case and lists the others. A hard `timeout` 120 s later sends SIGINT should a case not
-# return (the report is still written).
+# The remainder: GD at η ≤ 0.1 on the FNN and η ≤ 0.05 on the VGG (C5's table, C5's edge span, C6's
+# B = 100 vs GD and C10 on the FNN, C12's power iteration on the FNN's GD minimum), C8 over each family's
+# whole grid, and the ResNet-14 of C13 (with and without BatchNorm) and its C12 cross-check. pytest runs
+# with --budget $STABCHECK_GPU_BUDGET seconds (default 540): whole claims run cheapest first, the run
+# stops cleanly when the budget is spent, and the report holds every finished case and lists the others.
+# $STABCHECK_SEEDS_PER_SETTING (unset: every seed) trims the seeds. A hard `timeout` 120 s later sends
+# SIGINT should a case not return (the report is still written).
 #
 # Python: $STABCHECK_PYTHON if set; else scripts/setup.sh's virtual environment; if that install fails
 # (no package registry, as on a lent GPU box) a python3 that already has torch with CUDA, scipy,
@@ -30,7 +32,6 @@ shift
 dry_run=0
 if [ "${1:-}" = "--dry-run" ]; then dry_run=1; shift; fi
 budget=${STABCHECK_GPU_BUDGET:-540}
-export STABCHECK_SEEDS_PER_SETTING=${STABCHECK_SEEDS_PER_SETTING:-2}
 export STABCHECK_CACHE_DIR=${STABCHECK_CACHE_DIR:-/tmp/stabcheck-gpu-minima}
 export PYTHONUNBUFFERED=1
 cd "$root"
@@ -53,7 +54,7 @@ device=cuda
 [ $dry_run = 1 ] && device=cpu
 {
   echo "date: $(date -u +%FT%TZ)   commit: $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')"
-  echo "python: $python   budget: ${budget}s   seeds per setting: $STABCHECK_SEEDS_PER_SETTING   cache: $STABCHECK_CACHE_DIR"
+  echo "python: $python   budget: ${budget}s   seeds per setting: ${STABCHECK_SEEDS_PER_SETTING:-all}   cache: $STABCHECK_CACHE_DIR"
   if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   else echo "nvidia-smi: not found"; fi
   "$python" - "$device" <<'EOF'
@@ -68,10 +69,11 @@ EOF
 } 2>&1 | tee "$out/env.txt"
 [ "${PIPESTATUS[0]}" = 0 ] || { echo "[gpu_check] environment check failed: $out/env.txt" >&2; exit 1; }
 
-modules=(claims/test_c05_gd_edge.py claims/test_c06_batch_size.py claims/test_c07_nonuniformity_bound.py
-         claims/test_c08_correlation.py claims/test_c09_escape.py claims/test_c14_momentum.py)
-args=(-m pytest "${modules[@]}" --scale paper --device "$device" --cache-dir "$STABCHECK_CACHE_DIR"
-      --report-dir "$out/report" --budget "${budget}s" -p no:cacheprovider -k "not vgg and not resnet" -rA "$@")
+mapfile -t cases < <("$python" -m pytest claims/ --scale paper --collect-only -q -p no:cacheprovider \
+                     | grep '^claims/' | grep -Ef "$root/scripts/gpu_only.regex")
+echo "[gpu_check] ${#cases[@]} paper-scale cases in the GPU remainder (scripts/gpu_only.regex)"
+args=(-m pytest "${cases[@]}" --scale paper --device "$device" --cache-dir "$STABCHECK_CACHE_DIR"
+      --report-dir "$out/report" --budget "${budget}s" -p no:cacheprovider -rA "$@")
 if [ $dry_run = 1 ]; then
   echo "[gpu_check] dry run: $python ${args[*]} --collect-only -q"
   set -o pipefail

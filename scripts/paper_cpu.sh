@@ -1,24 +1,56 @@
 #!/usr/bin/env bash
-# The paper at its own scale on a CPU: the paper-scale cases whose minima a 2-core machine trains in
-# about two hours, run within a time budget (cheapest claims first; a second run resumes from the cache).
+# The paper at its own scale on a CPU, in budgeted runs that resume: every paper-scale case except the GPU
+# remainder (the cases matching scripts/gpu_only.regex, which scripts/gpu_check.sh runs).
 #
-#   scripts/paper_cpu.sh [BUDGET] [pytest arguments...]      e.g.  scripts/paper_cpu.sh 2h --report-dir reports/paper-cpu
+#   scripts/paper_cpu.sh BUDGET [PART] [pytest arguments...]      e.g.  scripts/paper_cpu.sh 2h fnn
 #
-# Left to the GPU plan (scripts/gpu_check.sh): GD at η ≤ 0.1 (hours at ≈12 it/s on one core; C6's B = n
-# pair, C10, C14, C12's GD minimum, C8 over the whole grid), GD η = 0.5 beyond two seeds (10 min each),
-# C5's edge-span case (needs every η), the VGG and ResNets on CIFAR-10 (C5, C13). Measured training times
-# per minimum, one core: SGD η=0.1 B=10 75-100 s, B=100 300-580 s, η=0.5 B=50 64-76 s, GD η=5 140-230 s,
-# GD η=1 245-430 s, GD η=0.5 560-610 s (reports/README.md). The seeds of an SGD setting train together
-# (MinimaCache.get_many: 5 seeds of B = 100 in 1473 s under load).
+# PART selects the cases by what they train: toys (no trained net), fnn, vgg, residual (C13's
+# ResidualFNN), or all (default). Each invocation runs the cases of PART that no earlier run under
+# $PAPER_REPORT/runs/ has run (cheapest claims first; the run stops cleanly when BUDGET is spent),
+# writes that run's report to $PAPER_REPORT/runs/run-<time>/, then merges every run there into
+# $PAPER_REPORT (claims.json, claims.md, figures; python -m claims.paper_runs). So rerunning resumes,
+# and the top-level report holds every case that has run. Minima live in the minima cache
+# ($STABCHECK_CACHE_DIR, default ~/.cache/stabcheck/minima), outside the work tree: a new checkout
+# resumes from it too. Delete a run folder to run its cases again.
+#
+#   PAPER_REPORT   the report root (default: reports/paper-cpu in the checkout)
+#
+# Budgeted runs that cover the plan on the 2-core CI CPU (one core each; timings: reports/README.md,
+# "Paper scale on this CPU"): `toys` minutes; `fnn` about 4 h cold (SGD minima 1-25 min per setting,
+# GD η = 0.5 10 min a seed, η = 1 and 5 3-6 min, heavy ball 2-5 min; ≈ 1 min of measuring a minimum);
+# `vgg` about 2 h for SGD and GD η = 0.5, plus 0.57 s per GD η = 0.1 step (its minima take hours: train
+# them first with scripts/pretrain.py --setup vgg --lr 0.1 --gd only); `residual` about 1.5 h.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-budget=${1:-2h}
-[ $# -gt 0 ] && shift
+budget=${1:?usage: $0 BUDGET [toys|fnn|vgg|residual|all] [pytest arguments...]}
+shift
+part=all
+case "${1:-}" in toys|fnn|vgg|residual|all) part=$1; shift ;; esac
+nets='\[(fnn|vgg|res)'   # a case id that starts with a setup or model family trains a net
+case $part in
+  toys) keep() { grep -Ev "$nets"; } ;;
+  fnn|vgg) keep() { grep -E "\[$part"; } ;;
+  residual) keep() { grep -E '\[res'; } ;;
+  all) keep() { cat; } ;;
+esac
 "$root/scripts/setup.sh"
 cd "$root"
 python=${STABCHECK_VENV:-$root/.venv}/bin/python
-gpu_only='vgg|resnet|test_c13|test_c14|test_c08|test_edge_regime_spans|mu=|vs-B=n|lr=0\.01|lr=0\.05|lr=0\.1-B=n|fnn-lr=0\.1\]|fnn-lr=0\.5\]|lr=0\.5-B=n-seed=[234]'
-mapfile -t cases < <("$python" -m pytest claims/ --scale paper --collect-only -q -p no:cacheprovider "$@" \
-                     | grep '^claims/' | grep -Ev "$gpu_only")
-echo "[paper_cpu] ${#cases[@]} paper-scale cases in the CPU plan, budget $budget"
-exec "$python" -m pytest "${cases[@]}" --scale paper --budget "$budget" -p no:cacheprovider "$@"
+report=$(mkdir -p "${PAPER_REPORT:-$root/reports/paper-cpu}" && cd "${PAPER_REPORT:-$root/reports/paper-cpu}" && pwd)
+mkdir -p "$report/runs"
+mapfile -t earlier < <(find "$report/runs" -mindepth 2 -maxdepth 2 -name claims.json -printf '%h\n' | sort)
+mapfile -t cases < <("$python" -m pytest claims/ --scale paper --collect-only -q -p no:cacheprovider \
+                     | grep '^claims/' | grep -Evf "$root/scripts/gpu_only.regex" | keep \
+                     | "$python" -m claims.paper_runs pending "${earlier[@]}")
+echo "[paper_cpu] part $part: ${#cases[@]} paper-scale cases not yet run (${#earlier[@]} earlier runs), budget $budget"
+status=0
+if [ ${#cases[@]} -gt 0 ]; then
+  run="$report/runs/run-$(date -u +%Y%m%d-%H%M%S)"
+  start=$(date +%s)
+  "$python" -m pytest "${cases[@]}" --scale paper --budget "$budget" --report-dir "$run" -p no:cacheprovider "$@" \
+    || status=$?
+  echo "[paper_cpu] run $(basename "$run"): wall time $(( $(date +%s) - start )) s, pytest exit status $status"
+  [ -f "$run/claims.json" ] && earlier+=("$run")
+fi
+[ ${#earlier[@]} -gt 0 ] && "$python" -m claims.paper_runs merge "$report" "${earlier[@]}"
+exit "$status"

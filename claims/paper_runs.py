@@ -1,0 +1,98 @@
+"""One report from several budgeted runs of the claims, and the cases those runs have not yet run.
+
+A plan too long for one sitting (``scripts/paper_cpu.sh``) runs as budgeted pytest invocations, each
+writing its own report folder under one root; the minima they train stay in the minima cache, so a
+later invocation resumes. This module makes the single report of every case that has run:
+
+    python -m claims.paper_runs merge OUT RUN [RUN ...]      # claims.json, claims.md, figures in OUT
+    python -m claims.paper_runs pending RUN [RUN ...] < ids  # the node ids (one a line) no RUN has run
+
+``merge`` takes each case from the latest run (in the order given) in which it ran (passed, failed or
+skipped), with that run's rows and timings; a case none of them ran stays "not run" with the latest
+reason. ``OUT/runs.json`` names the runs and how many cases each contributed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from stabcheck.reporting.compare import load_run
+from stabcheck.reporting.report import ReportError, write_atomic, write_report
+
+RAN = ("passed", "failed", "skipped")
+
+
+def load(folder: Path) -> dict:
+    """cases, rows, benchmarks and stopped of a run folder (ReportError naming what is wrong otherwise)."""
+    run = load_run(folder)
+    data = json.loads((Path(folder) / "claims.json").read_text(encoding="utf-8"))
+    return {"cases": list(run.cases.values()), "rows": list(run.rows.values()),
+            "benchmarks": data.get("benchmarks") or [], "stopped": data.get("stopped") or ""}
+
+
+def merge(runs: list[Path]) -> tuple[list[dict], list[dict], list[dict], str, dict[str, int]]:
+    """(rows, benchmarks, cases, stopped, cases taken per run) of the runs, each case from the latest run
+    that ran it (else the latest that listed it)."""
+    chosen: dict[str, tuple[str, dict]] = {}   # node id -> (run, case)
+    reports = {str(run): load(run) for run in runs}
+    for run, report in reports.items():
+        for case in report["cases"]:
+            earlier = chosen.get(case["test"])
+            if case["outcome"] in RAN or earlier is None or earlier[1]["outcome"] not in RAN:
+                chosen[case["test"]] = (run, case)
+    rows = [row for run, report in reports.items() for row in report.get("rows", [])
+            if chosen.get(row["test"], (None,))[0] == run]
+    benchmarks = [b for run, report in reports.items() for b in report.get("benchmarks", [])
+                  if chosen.get(b.get("name"), (None,))[0] == run]
+    cases = [case for _, case in chosen.values()]
+    taken = {run: sum(r == run and c["outcome"] in RAN for r, c in chosen.values()) for run in reports}
+    left = sum(c["outcome"] not in RAN for c in cases)
+    last_stop = next((r["stopped"] for r in reversed(list(reports.values())) if r.get("stopped")), "")
+    stopped = f"{left} case(s) not run yet in {len(runs)} run(s); the last stop: {last_stop}" if left else ""
+    return rows, benchmarks, cases, stopped, taken
+
+
+def write_merged(out: Path, runs: list[Path]) -> Path:
+    """Write the merged claims.json, claims.md, runs.json and figures into ``out``."""
+    rows, benchmarks, cases, stopped, taken = merge(runs)
+    folder = write_report(Path(out), rows, benchmarks, cases, stopped)
+    write_atomic(folder / "runs.json", json.dumps({"runs": taken}, indent=1))
+    from stabcheck.reporting.figures import draw_all
+
+    draw_all(folder)
+    return folder
+
+
+def pending(ids: list[str], runs: list[Path]) -> list[str]:
+    """The node ids among ``ids`` that none of the runs ran."""
+    ran = {c["test"] for run in runs for c in load(run)["cases"] if c["outcome"] in RAN}
+    return [i for i in ids if i not in ran]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m claims.paper_runs", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("merge", help="one report of every case the runs ran")
+    m.add_argument("out", type=Path)
+    m.add_argument("runs", type=Path, nargs="+")
+    p = sub.add_parser("pending", help="the node ids on stdin that none of the runs ran")
+    p.add_argument("runs", type=Path, nargs="*")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "merge":
+            folder = write_merged(args.out, args.runs)
+            print(f"[paper_runs] merged {len(args.runs)} run(s) into {folder}")
+        else:
+            ids = [line.strip() for line in sys.stdin if line.strip()]
+            for node in pending(ids, args.runs):
+                print(node)
+    except ReportError as err:
+        print(f"[paper_runs] {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""The paper-scale plan: the VGG's published numbers in the profile, thresholds that allow for the scatter of
+a mean, the CPU / GPU split of the paper's cases, and one report merged from budgeted runs."""
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from claims import paper_runs
+from claims.profiles import profile
+from claims.suite import Suite
+from claims.trends import mean_outside, standard_error
+from stabcheck.reporting.report import ReportError, write_report
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_vgg_numbers_of_paper_section_6_are_in_the_plans():
+    paper = Suite(profile("paper"), base_seed=0, seeds_per_setting=None)
+    assert [paper.paper("C5", "mean a", "vgg", lr) for lr in (0.01, 0.05, 0.1, 0.5)] == [198.9, 39.8, 19.8, 3.64]
+    assert [paper.paper("C6", "a, s", "vgg", (0.1, b)) for b in (10, 100, None)] == [(5.2, 12.2), (18.8, 50.1),
+                                                                                     (19.6, 59.2)]
+    vgg_c5 = {c.lr for c in paper.configs("C5") if c.setup.name == "vgg"}
+    assert vgg_c5 == {0.01, 0.05, 0.1, 0.5}  # every η the paper gives a VGG mean for
+    c5 = paper.plan("C5")
+    assert c5.threshold("edge floor", "vgg") == 0.76 and c5.threshold("edge floor", "fnn") == 0.94
+
+
+def test_a_mean_floor_allows_for_the_scatter_of_a_mean_but_not_a_ten_percent_error():
+    """FNN GD η = 1, the five a of the paper-scale CPU run (reports/paper-cpu): mean a·η/2 = 0.957 just under
+    the floor 0.96 agrees with it within 3 standard errors; the same a scaled by 1.1 or 0.9 do not."""
+    c5 = profile("paper").plans["C5"]
+    floor, ceiling, spread = (c5.threshold(k) for k in ("mean floor", "mean ceiling", "mean spread"))
+    ratios = [a * 1.0 / 2 for a in (1.9181, 1.9145, 1.9015, 1.9033, 1.9344)]
+    for scale, fails in ((1.0, False), (1.1, True), (0.9, True)):
+        scaled = [r * scale for r in ratios]
+        verdict = mean_outside(sum(scaled) / len(scaled), standard_error(scaled), floor, ceiling, spread)
+        assert bool(verdict) == fails, (scale, verdict)
+
+
+def _paper_case_ids() -> list[str]:
+    out = subprocess.run([sys.executable, "-m", "pytest", "claims/", "--scale", "paper", "--collect-only", "-q",
+                          "-p", "no:cacheprovider"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if line.startswith("claims/")]
+
+
+@pytest.mark.slow
+def test_every_claim_has_cpu_cases_and_the_gpu_remainder_is_what_a_cpu_cannot_train():
+    ids = _paper_case_ids()
+    patterns = [re.compile(p) for p in (ROOT / "scripts" / "gpu_only.regex").read_text().split()]
+    gpu = [i for i in ids if any(p.search(i) for p in patterns)]
+    cpu = [i for i in ids if i not in gpu]
+    claims_with_cpu = {re.search(r"test_c(\d\d)_", i).group(1) for i in cpu}
+    assert claims_with_cpu == {f"{k:02d}" for k in range(1, 15)}, "every claim needs a paper-scale case on a CPU"
+    for gd_small_lr in ("fnn-lr=0.01-B=n", "fnn-lr=0.05-B=n", "fnn-lr=0.1-B=n", "vgg-lr=0.01-B=n", "vgg-lr=0.05-B=n"):
+        assert not any(gd_small_lr in i for i in cpu) and any(gd_small_lr in i for i in gpu), gd_small_lr
+    assert not any("[resnet" in i for i in cpu) and any("[resfnn_free" in i for i in cpu)
+    assert any("vgg-lr=0.1-B=10-vs-B=100" in i for i in cpu)  # the VGG's binding batch pair on a CPU
+
+
+def _run(folder: Path, cases: list[dict], stopped: str = "") -> Path:
+    rows = [{"claim": c["claim"], "test": c["test"], "case": c["case"], "outcome": c["outcome"],
+             "measured": {"run": folder.name}, "expected": {}, "scale": "paper", "device": "cpu",
+             "versions": {"torch": "2", "stabcheck": "1"}} for c in cases if c["outcome"] != "not run"]
+    benchmarks = [{"name": r["test"], "median_s": 1.0, "mean_s": 1.0, "min_s": 1.0, "rounds": 1} for r in rows]
+    return write_report(folder, rows, benchmarks, cases, stopped)
+
+
+def _case(name: str, outcome: str, claim: str = "C5") -> dict:
+    return {"claim": claim, "test": f"claims/t.py::t[{name}]", "case": name, "outcome": outcome}
+
+
+def test_merge_takes_each_case_from_the_latest_run_that_ran_it(tmp_path):
+    first = _run(tmp_path / "run-1", [_case("a", "passed"), _case("b", "failed"), _case("c", "not run")],
+                 stopped="the budget of 1m was spent")
+    second = _run(tmp_path / "run-2", [_case("b", "passed"), _case("c", "not run"), _case("d", "passed", "C6")],
+                  stopped="the budget of 2m was spent")
+    rows, benchmarks, cases, stopped, taken = paper_runs.merge([first, second])
+    outcomes = {c["case"]: c["outcome"] for c in cases}
+    assert outcomes == {"a": "passed", "b": "passed", "c": "not run", "d": "passed"}
+    assert {r["case"]: r["measured"]["run"] for r in rows} == {"a": "run-1", "b": "run-2", "d": "run-2"}
+    assert sorted(b["name"] for b in benchmarks) == sorted(r["test"] for r in rows)
+    assert taken == {str(first): 1, str(second): 2} and "1 case(s) not run" in stopped and "2m" in stopped
+    assert paper_runs.pending([c["test"] for c in cases], [first, second]) == ["claims/t.py::t[c]"]
+
+
+def test_merged_report_is_one_report(tmp_path):
+    first = _run(tmp_path / "run-1", [_case("a", "passed")])
+    second = _run(tmp_path / "run-2", [_case("b", "failed", "C6")])
+    out = paper_runs.write_merged(tmp_path / "merged", [first, second])
+    report = json.loads((out / "claims.json").read_text())
+    assert [(s["claim"], s["verdict"]) for s in report["summary"]] == [("C5", "passed"), ("C6", "failed")]
+    assert report["stopped"] == "" and (out / "claims.md").is_file()
+    assert json.loads((out / "runs.json").read_text())["runs"] == {str(first): 1, str(second): 1}
+
+
+def test_merge_of_a_folder_without_a_report_says_what_to_give(tmp_path, capsys):
+    with pytest.raises(ReportError, match="has no claims.json"):
+        paper_runs.merge([tmp_path])
+    assert paper_runs.main(["merge", str(tmp_path / "out"), str(tmp_path)]) == 2
+    assert "give a folder written by 'pytest claims/'" in capsys.readouterr().err
