@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from stabcheck.reporting.compare import load_run
+from stabcheck.reporting.runs import load_run
 from stabcheck.reporting.report import ReportError, write_atomic, write_report
 
 RAN = ("passed", "failed", "skipped")
@@ -28,7 +28,7 @@ def load(folder: Path) -> dict:
     """cases, rows, benchmarks and stopped of a run folder (ReportError naming what is wrong otherwise)."""
     run = load_run(folder)
     data = json.loads((Path(folder) / "claims.json").read_text(encoding="utf-8"))
-    return {"cases": list(run.cases.values()), "rows": list(run.rows.values()),
+    return {"cases": list(run.cases.values()), "rows": [row.as_json() for row in run.rows.values()],
             "benchmarks": data.get("benchmarks") or [], "stopped": data.get("stopped") or ""}
 
 
