@@ -23,28 +23,39 @@ from stabcheck.files import write_atomic
 SOURCE = "minima cache"
 
 
-def measured_entries(cache_dir: Path, scales: tuple[str, ...]) -> dict[tuple, dict]:
-    """Training entries (keyed as :func:`~claims.profiles.train_key`) measured by the summaries in ``cache_dir``."""
+def measured_entries(cache_dir: Path, scales: tuple[str, ...]) -> tuple[dict[tuple, dict], list[str]]:
+    """Training entries (keyed as :func:`~claims.profiles.train_key`) measured by the summaries in
+    ``cache_dir``, and a line per summary that could not be read (skipped)."""
     setups = {json.dumps(asdict(s)): (scale, s) for scale in scales for s in profile(scale).setups.values()}
     found: dict[tuple, list[dict]] = {}
+    skipped = []
     for path in sorted(Path(cache_dir).glob("*.json")):
-        summary = json.loads(path.read_text())
-        config = summary["config"]
-        scale, setup = setups.get(json.dumps(config["setup"]), (None, None))
-        if setup is None or summary["device"] != "cpu" or config["sampler"] != "epoch":
-            continue
-        batch = None if config["batch_size"] == setup.n else config["batch_size"]
-        key = train_key({"scale": scale, "setup": setup.name, "lr": config["lr"], "batch_size": batch,
-                         "momentum": config["momentum"]})
-        found.setdefault(key, []).append(summary)
-    return {key: _entry(key, summaries) for key, summaries in found.items()}
+        try:
+            summary = json.loads(path.read_text())
+            config = summary["config"]
+            scale, setup = setups.get(json.dumps(config["setup"]), (None, None))
+            if setup is None or summary["device"] != "cpu" or config["sampler"] != "epoch":
+                continue
+            batch = None if config["batch_size"] == setup.n else config["batch_size"]
+            key = train_key({"scale": scale, "setup": setup.name, "lr": config["lr"], "batch_size": batch,
+                             "momentum": config["momentum"]})
+            found.setdefault(key, []).append(_measurement(summary))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            skipped.append(f"skipped {path} (not a minimum's summary: {type(err).__name__} {err})")
+    return {key: _entry(key, summaries) for key, summaries in found.items()}, skipped
 
 
-def _entry(key: tuple, summaries: list[dict]) -> dict:
-    seconds = max(s["wall_time"] / s["ensemble"] for s in summaries)
-    seeds = sorted(s["config"]["seed"] for s in summaries)
-    dates = sorted(s["created"][:10] for s in summaries)
-    threads = sorted({s["threads"] for s in summaries})
+def _measurement(summary: dict) -> dict:
+    """What an entry needs of a summary (a member of an ensemble run of k minima: wall_time / k)."""
+    return {"seconds": summary["wall_time"] / summary["ensemble"], "seed": summary["config"]["seed"],
+            "date": summary["created"][:10], "threads": summary["threads"]}
+
+
+def _entry(key: tuple, measurements: list[dict]) -> dict:
+    seconds = max(m["seconds"] for m in measurements)
+    seeds = sorted(m["seed"] for m in measurements)
+    dates = sorted(m["date"] for m in measurements)
+    threads = sorted({m["threads"] for m in measurements})
     span = dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}"
     scale, setup, lr, batch, momentum = key
     return {"scale": scale, "setup": setup, "lr": lr, "batch_size": batch, "momentum": momentum,
@@ -52,10 +63,11 @@ def _entry(key: tuple, summaries: list[dict]) -> dict:
                                                         f"upper end over seeds {seeds}"}
 
 
-def refresh(path: Path, cache_dir: Path, scales: tuple[str, ...]) -> list[str]:
-    """Rewrite the timings file at ``path`` with the cache's measurements; returns a line per change."""
+def refresh(path: Path, cache_dir: Path, scales: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """Rewrite the timings file at ``path`` with the cache's measurements; returns a line per change and
+    a line per skipped summary."""
     doc = read_timings(path)
-    fresh = measured_entries(cache_dir, scales)
+    fresh, skipped = measured_entries(cache_dir, scales)
     changes, train = [], []
     for entry in doc["train"]:
         new = fresh.pop(train_key(entry), None)
@@ -66,7 +78,7 @@ def refresh(path: Path, cache_dir: Path, scales: tuple[str, ...]) -> list[str]:
         changes.append(f"{_name(fresh[key])}: new, {fresh[key]['seconds']} s")
         train.append(fresh[key])
     write(path, {"train": train, "measure": doc["measure"]})
-    return changes
+    return changes, skipped
 
 
 def _name(entry: dict) -> str:
@@ -89,8 +101,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="only this scale's entries (repeatable; default: every scale)")
     parser.add_argument("--file", type=Path, default=TIMINGS, help=f"the timings file (default: {TIMINGS})")
     args = parser.parse_args(argv)
-    changes = refresh(args.file, Path(args.cache_dir), tuple(args.scale or PROFILES))
-    print("\n".join(changes) if changes else "no training seconds changed", flush=True)
+    if not Path(args.cache_dir).is_dir():
+        parser.error(f"no minima cache folder {args.cache_dir}; pass --cache-dir or set STABCHECK_CACHE_DIR")
+    changes, skipped = refresh(args.file, Path(args.cache_dir), tuple(args.scale or PROFILES))
+    print("\n".join(skipped + (changes or ["no training seconds changed"])), flush=True)
     return 0
 
 

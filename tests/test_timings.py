@@ -74,6 +74,7 @@ def test_the_command_writes_the_upper_end_over_seeds_and_keeps_the_rest(tmp_path
     _summary(cache, "b", fnn.config(0.1, 2, 1), 41.3)
     _summary(cache, "c", fnn.config(0.1, 2, 2), 900.0, device="cuda:0")  # not a CPU's seconds
     _summary(cache, "d", small.setups["fnn_gd"].config(0.3, None, 0), 60.0, ensemble=3)  # a new setting
+    (cache / "e.json").write_text("{}")
     assert main(["--cache-dir", str(cache), "--file", str(path), "--scale", "small"]) == 0
     after = {train_key(e): e for e in read_timings(path)["train"]}
     assert after[("small", "fnn", 0.1, 2, 0.0)]["seconds"] == 42
@@ -82,10 +83,17 @@ def test_the_command_writes_the_upper_end_over_seeds_and_keeps_the_rest(tmp_path
     untouched = [e for e in before["train"] if train_key(e) != ("small", "fnn", 0.1, 2, 0.0)]
     assert all(after[train_key(e)] == e for e in untouched) and len(after) == len(before["train"]) + 1
     assert read_timings(path)["measure"] == before["measure"]
-    assert capsys.readouterr().out.splitlines() == ["small fnn η=0.1 B=2 μ=0: 12 → 42 s",
-                                                   "small fnn_gd η=0.3 B=n μ=0: new, 20 s"]
+    assert capsys.readouterr().out.splitlines() == [
+        f"skipped {cache / 'e.json'} (not a minimum's summary: KeyError 'config')",
+        "small fnn η=0.1 B=2 μ=0: 12 → 42 s", "small fnn_gd η=0.3 B=n μ=0: new, 20 s"]
     # a second run finds nothing new; a paper-scale refresh ignores the small profile's minima
-    assert refresh(path, cache, ("small",)) == [] and refresh(path, cache, ("paper",)) == []
+    assert refresh(path, cache, ("small",))[0] == [] and refresh(path, cache, ("paper",))[0] == []
+
+
+def test_the_command_refuses_a_missing_cache_folder(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--cache-dir", str(tmp_path / "none"), "--file", str(tmp_path / "t.json")])
+    assert "no minima cache folder" in capsys.readouterr().err
 
 
 def test_the_written_file_reads_back_as_it_was(tmp_path):
