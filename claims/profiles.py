@@ -2,7 +2,9 @@
 
 A profile is data keyed by claim id: a :class:`Plan` per claim holds the (η, B, μ, seed) grids the
 claim trains on, its thresholds (each with the reason for its value), the paper's numbers where the
-profile is the paper's setting, and what a case costs. A new claim adds an entry here; the library
+profile is the paper's setting, and a case's own seconds. The measured seconds to train and measure
+each minimum are data, read from ``claims/timings.json`` (:func:`timings`), which ``python -m
+claims.timings`` regenerates from the minima cache. A new claim adds an entry here; the library
 (:mod:`stabcheck.experiments.setups`) only knows the generic :class:`Setup` and :class:`MinimumConfig`,
 which are the key of the on-disk minima cache.
 
@@ -25,7 +27,9 @@ that chose it in ``reports/README.md``.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
@@ -136,10 +140,11 @@ class Measurement:
 class Profile:
     """The setups and the per-claim plans of one scale, with what its minima cost.
 
-    ``train_seconds``: measured training time of one minimum on one core of the CI CPU, keyed by
-    (setup, η, B or None for GD, μ); a setting missing here is unmeasured. ``measure_seconds``: a, s
-    and Theorem 1 of one minimum. ``paper_note``: what the rows say where the paper's numbers do not
-    apply (the profile's setting differs from PAPER.md §3); empty for the paper's own setting.
+    ``train_seconds``: measured training time of one minimum, keyed by (setup, η, B or None for GD, μ),
+    and ``measure_seconds``: a, s and Theorem 1 of one minimum, both read from :data:`TIMINGS`
+    (:func:`timings`); a setting missing there is unmeasured. ``paper_note``: what the rows say where
+    the paper's numbers do not apply (the profile's setting differs from PAPER.md §3); empty for the
+    paper's own setting.
     """
 
     name: str
@@ -171,6 +176,55 @@ class Profile:
         """Measured seconds to train this minimum (None: unmeasured)."""
         batch = None if config.is_gd else config.batch_size
         return self.train_seconds.get((config.setup.name, config.lr, batch, config.momentum))
+
+
+#: The measured seconds behind the cost estimates, one JSON entry per line; ``python -m claims.timings``
+#: regenerates its training entries from the minima cache.
+TIMINGS = Path(__file__).with_name("timings.json")
+TRAIN_FIELDS = {"scale": str, "setup": str, "lr": (int, float), "batch_size": (int, type(None)),
+                "momentum": (int, float), "seconds": (int, float), "measured": str}
+MEASURE_FIELDS = {"scale": str, "seconds": (int, float), "measured": str}
+
+
+class TimingsError(ValueError):
+    """The timings file cannot be read as :data:`TIMINGS`' format."""
+
+
+def train_key(entry: Mapping) -> tuple[str, str, float, int | None, float]:
+    """(scale, setup, η, B or None for GD, μ) of a training entry."""
+    return entry["scale"], entry["setup"], float(entry["lr"]), entry["batch_size"], float(entry["momentum"])
+
+
+def read_timings(path: Path = TIMINGS) -> dict[str, list[dict]]:
+    """The checked ``{"train": [...], "measure": [...]}`` of a timings file."""
+    fix = f"fix {path} or regenerate it (python -m claims.timings; git restores the committed one)"
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise TimingsError(f"cannot read the timings file {path} ({err}); {fix}") from None
+    if not isinstance(doc, dict) or set(doc) != {"train", "measure"}:
+        raise TimingsError(f"{path} must be an object with the lists 'train' and 'measure'; {fix}")
+    for part, fields in (("train", TRAIN_FIELDS), ("measure", MEASURE_FIELDS)):
+        for i, entry in enumerate(doc[part] if isinstance(doc[part], list) else [None]):
+            bad = ([name for name, kind in fields.items() if not isinstance(entry.get(name), kind)]
+                   if isinstance(entry, dict) else list(fields))
+            if bad or set(entry) != set(fields) or isinstance(entry["seconds"], bool) or entry["seconds"] < 0:
+                raise TimingsError(f"{path}: {part} entry {i} ({entry!r}) needs exactly the fields {list(fields)}, "
+                                   f"with seconds ≥ 0 (wrong or missing: {bad or 'extra fields or seconds'}); {fix}")
+    keys = [train_key(e) for e in doc["train"]] + [e["scale"] for e in doc["measure"]]
+    if len(set(keys)) != len(keys):
+        raise TimingsError(f"{path} lists {sorted({k for k in keys if keys.count(k) > 1})} twice; {fix}")
+    return doc
+
+
+def timings(scale: str, path: Path = TIMINGS) -> dict[str, Any]:
+    """:class:`Profile`'s ``train_seconds`` and ``measure_seconds`` of ``scale`` from the timings file."""
+    doc = read_timings(path)
+    measure = [e["seconds"] for e in doc["measure"] if e["scale"] == scale]
+    if not measure:
+        raise TimingsError(f"{path} has no measure entry for scale {scale!r}; add one")
+    train = {train_key(e)[1:]: e["seconds"] for e in doc["train"] if e["scale"] == scale}
+    return {"train_seconds": _frozen(train), "measure_seconds": measure[0]}
 
 
 # ---- thresholds that are the same at every scale ---------------------------------------------------
@@ -324,21 +378,9 @@ def _small() -> Profile:
         "C14": Plan(grids=(Grid("fnn_gd", (0.2,), (None,), (0, 1), momenta=(0.0, 0.5, 0.8)),
                            Grid("fnn", (0.1,), (5,), seeds, momenta=(0.0, 0.5, 0.9))), thresholds=C14),
     }
-    # CPU seconds per minimum (upper end over seeds), one thread: reports/README.md, "The small profile".
-    # The fnn and resfnn_free entries: tol 1e-4, wall seconds on the busy 2-core machine (issue 11's retraining).
-    train_seconds = {
-        ("fnn_gd", 0.05, None, 0.0): 17, ("fnn_gd", 0.1, None, 0.0): 9, ("fnn_gd", 0.2, None, 0.0): 4,
-        ("fnn_gd", 0.5, None, 0.0): 2, ("fnn", 0.1, 2, 0.0): 12, ("fnn", 0.1, 5, 0.0): 14, ("fnn", 0.1, 20, 0.0): 18,
-        ("fnn", 0.1, None, 0.0): 20, ("fnn", 0.5, 10, 0.0): 3, ("fnn_gd", 0.2, None, 0.5): 3,
-        ("fnn_gd", 0.2, None, 0.8): 2, ("fnn", 0.1, 5, 0.5): 8, ("fnn", 0.1, 5, 0.9): 4,
-        ("resfnn_free", 0.1, 2, 0.0): 16, ("resfnn_free", 0.1, 5, 0.0): 11, ("resfnn_free", 0.1, 10, 0.0): 9,
-        ("resfnn_free", 0.1, None, 0.0): 13,
-        ("resfnn_bn", 0.1, 10, 0.0): 8, ("resfnn_bn", 0.1, 20, 0.0): 9, ("resfnn_bn", 0.1, None, 0.0): 1,
-    }
     return Profile(name="small", setups=_frozen({s.name: s for s in (fnn, fnn_gd, res_bn, res_free)}),
                    measurement=Measurement(tol=1e-3, maxiter=50), plans=_frozen(plans),
-                   # a, s and Theorem 1: mean over the 45 minima of the reference run (at most 12 s)
-                   train_seconds=_frozen(train_seconds), measure_seconds=1.5,
+                   **timings("small"),
                    paper_note="paper setting differs (n=100, FNN 784-50-50-10)")
 
 
@@ -420,16 +462,10 @@ def _paper() -> Profile:
         "C14": Plan(grids=(Grid("fnn", (0.5,), (None,), three, momenta=(0.0, 0.5, 0.8)),
                            Grid("fnn", (0.1,), (10,), three, momenta=(0.0, 0.5, 0.9))), thresholds=C14),
     }
-    # One core of the CI CPU, one thread (reports/README.md, "Paper scale on this CPU").
-    train_seconds = {("fnn", 0.1, 10, 0.0): 90, ("fnn", 0.1, 100, 0.0): 270, ("fnn", 0.5, None, 0.0): 600,
-                     ("fnn", 0.5, 50, 0.0): 75, ("fnn", 1.0, None, 0.0): 350, ("fnn", 5.0, None, 0.0): 180,
-                     ("vgg", 0.1, 10, 0.0): 27, ("vgg", 0.1, 100, 0.0): 111, ("vgg", 0.5, 50, 0.0): 96,
-                     ("fnn", 0.5, None, 0.8): 241, ("resfnn_free", 0.1, 10, 0.0): 78,
-                     ("resfnn_free", 0.1, 100, 0.0): 221, ("resfnn_bn", 0.1, 10, 0.0): 32}
     return Profile(name="paper", setups=_frozen({s.name: s for s in (fnn, vgg, res_bn, res_free, resfnn_free,
                                                                      resfnn_bn)}),
                    measurement=Measurement(tol=1e-4, maxiter=50), plans=_frozen(plans),
-                   train_seconds=_frozen(train_seconds), measure_seconds=10.0)
+                   **timings("paper"))
 
 
 PROFILES = {"small": _small, "paper": _paper}

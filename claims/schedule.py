@@ -1,8 +1,8 @@
 """What the claims of a run will cost, in which order they run, and the ``--budget`` that stops them
 (a pytest plugin the root conftest loads).
 
-* At collection, a line per claim estimates its cost from measurements (:mod:`claims.profiles`:
-  training seconds per minimum, measuring seconds per minimum, a case's own work): a minimum
+* At collection, a line per claim estimates its cost from measurements (training and measuring
+  seconds per minimum from ``claims/timings.json``, a case's own work from :mod:`claims.profiles`): a minimum
   already in the cache costs only its measurement, and a minimum shared by several claims is
   counted where it is first needed. What has no measurement is reported as "unmeasured".
 * With ``--budget``, whole claims run cheapest first, and once the budget is spent the run stops
@@ -230,7 +230,8 @@ def pytest_report_collectionfinish(config, start_path, items):
     lines.append(f"  total {plural(total.cases, 'case')}, {plural(total.minima, 'minimum', 'minima')} "
                  f"({total.cached} cached): {total.text}")
     if schedule.unmeasured:
-        lines.append(f"  unmeasured (no timing recorded in claims/profiles.py): {', '.join(schedule.unmeasured)}")
+        lines.append("  unmeasured (no timing recorded in claims/timings.json or claims/profiles.py): "
+                     + ", ".join(schedule.unmeasured))
     if schedule.budget_s is not None:
         lines.append(f"--budget {schedule.budget_text}: whole claims run cheapest first ({', '.join(schedule.order)}); "
                      "the run stops when the budget is spent")
