@@ -4,7 +4,7 @@ from __future__ import annotations
 from stabcheck.reporting.rows import Kind
 
 #: Theorem 1 in sample space, where a minimum's entries carry it (μ is read against 2, like η·a).
-SAMPLE_THEOREM1 = {"mu": Kind.THEOREM1, "mu margin": Kind.THEOREM1, "residual |H-G|": Kind.VALUE}
+SAMPLE_THEOREM1 = {"theorem1 mu": Kind.THEOREM1, "theorem1 mu margin": Kind.THEOREM1, "residual |H-G|": Kind.VALUE}
 
 #: ``MeasuredMinimum.measured()`` (claims/measured.py): the entries every trained-net case reports.
 MINIMUM = {"a": Kind.SHARPNESS, "s": Kind.NONUNIFORMITY, "a eta/2": Kind.RATIO, "s/bound": Kind.RATIO,

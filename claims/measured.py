@@ -30,8 +30,9 @@ def theorem1_entries(t1: stabcheck.Theorem1Result, sample: stabcheck.SampleTheor
     the size of the residual term H − G that the verdict leaves out."""
     entries = {"theorem1": t1.value, "theorem1 verdict": t1.verdict, "theorem1 converged": t1.converged}
     if sample is not None:
-        entries.update({"mu": sample.mu, "mu margin": sample.margin, "mu verdict": sample.verdict,
-                        "mu converged": sample.converged,
+        # "theorem1 mu", not "mu": a minimum's "mu" is its momentum
+        entries.update({"theorem1 mu": sample.mu, "theorem1 mu margin": sample.margin,
+                        "theorem1 mu verdict": sample.verdict, "theorem1 mu converged": sample.converged,
                         "residual |H-G|": None if sample.residual is None else sample.residual.size})
     if t1.sharpness_exceeded:
         entries["GD criterion"] = UNSTABLE
