@@ -147,7 +147,7 @@ LEGACY_KINDS: tuple[tuple[str, Kind], ...] = (
     ("*threshold lr*", Kind.VALUE), ("* (a, s, t1)", Kind.VALUE), ("* corner 1% out", Kind.THEOREM1),
     ("p", Kind.SETTING),
     ("p (*", Kind.P_VALUE), ("* p", Kind.P_VALUE), ("max p *", Kind.P_VALUE),
-    ("*theorem1*", Kind.THEOREM1), ("t1 *", Kind.THEOREM1), ("e(1-eta h)^2", Kind.THEOREM1),
+    ("theorem1 steps", Kind.ITERATIONS), ("*theorem1*", Kind.THEOREM1), ("t1 *", Kind.THEOREM1), ("e(1-eta h)^2", Kind.THEOREM1),
     ("*loss*", Kind.LOSS),
     ("*iterations", Kind.ITERATIONS), ("escape step *", Kind.ITERATIONS),
     ("solutions", Kind.COUNT), ("runs", Kind.COUNT), ("batches", Kind.COUNT), ("test images", Kind.COUNT),
