@@ -39,7 +39,7 @@ from claims.kinds import MINIMUM
 from stabcheck.experiments.minima import build_for, dataset_for
 from stabcheck.experiments.monitor import StabilityMonitor
 from stabcheck.experiments.train import train
-from stabcheck.reporting.rows import Kind
+from stabcheck.reporting.rows import Kind, Tag
 
 pytestmark = pytest.mark.slow  # trains nets on a cold cache (minutes on the CI CPU)
 
@@ -208,7 +208,8 @@ def test_gd_sharpness_rises_to_the_edge_and_stays(claim, suite, minima_cache, de
                   "monitor products": Kind.PRODUCTS(sum(r["products"] for r in monitor.records))},
         expected={"2/eta": 2 / lr, "reach a eta/2": reach, "a eta/2 at least": floor, "a eta/2 at most": ceiling},
         seed=edge_config.seed, dtype=monitor.records[0]["dtype"] if monitor.records else None,
-        trajectory={"iteration": iters, "a": [r["a"] for r in monitor.records]}, grids=suite.describe())
+        trajectory={"iteration": iters, "a": [r["a"] for r in monitor.records]}, tag=Tag.EDGE,
+        grids=suite.describe())
     label = f"GD η = {lr:g} from initialisation"
     unconverged = [r["iteration"] for r in monitor.records if not r["a_converged"]]
     assert not unconverged, f"{label}: the sharpness solve did not converge at iterations {unconverged}"

@@ -95,7 +95,7 @@ REFERENCE = Path(__file__).resolve().parent.parent / "reports" / "reference" / "
 
 
 def test_report_finds_the_rows_of_each_figure_by_tag_not_by_test_name(tmp_path, capsys):
-    """``report`` draws the reference's five figures; rows that carry their tag keep their figures when
+    """``report`` draws the reference's six figures; rows that carry their tag keep their figures when
     the tests are renamed (rows without tags are found by the documented test names)."""
     data = upgrade_report(json.loads(REFERENCE.read_text()))
     for row in data["rows"]:
@@ -104,4 +104,4 @@ def test_report_finds_the_rows_of_each_figure_by_tag_not_by_test_name(tmp_path, 
     (tmp_path / "claims.json").write_text(json.dumps(data))
     assert main(["report", str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.glob("*.png")) == \
-        ["appendix_b.png", "diagram.png", "escape.png", "gd_edge.png", "one_dimensional.png"]
+        ["appendix_b.png", "diagram.png", "edge.png", "escape.png", "gd_edge.png", "one_dimensional.png"]

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 from .report import ReportError
+from .rows import Tag
 
 
 def read_log(path: str | Path) -> tuple[dict, list[dict]]:
@@ -85,7 +86,7 @@ def draw_log(path: str | Path, out: str | Path | None = None) -> Path:
 
 def edge(rows, plt):
     """C5: GD's sharpness a(t) along a run from initialisation, with 2/η (the rows with a ``trajectory``)."""
-    found = [r for r in rows if r["claim"] == "C5" and "trajectory" in r]
+    found = [r for r in rows if r.get("tag") == Tag.EDGE.value and "trajectory" in r]
     if not found:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.5))

@@ -175,6 +175,7 @@ class Tag(str, Enum):
     ONE_DIMENSIONAL = "one-dimensional escape"   # C4: SGD paths leaving x = 1
     APPENDIX_B = "appendix-b jumps"              # C11: GD and SGD paths of the appendix's toy
     ESCAPE = "escape trajectory"                 # C9: a restart's sharpness and loss
+    EDGE = "edge trajectory"                     # C5: GD's sharpness from initialisation to the edge
 
 
 # Figure tags of the rows written before tags existed, by test function.
