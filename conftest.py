@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from stabcheck.experiments.minima import default_cache_dir
+
 ROOT = Path(__file__).resolve().parent
 
 pytest_plugins = ["fixtures.data", "fixtures.minima", "claims.options", "claims.schedule", "claims.report_plugin"]
@@ -31,14 +33,6 @@ def pytest_addoption(parser):
     group.addoption("--cache-dir", default=default_cache_dir(),
                     help="cache folder for trained minima (env STABCHECK_CACHE_DIR; default "
                          "$XDG_CACHE_HOME/stabcheck/minima or ~/.cache/stabcheck/minima, shared by every checkout)")
-
-
-def default_cache_dir() -> str:
-    """STABCHECK_CACHE_DIR, else the user's cache folder: minima that took hours survive a new checkout."""
-    if os.environ.get("STABCHECK_CACHE_DIR"):
-        return os.environ["STABCHECK_CACHE_DIR"]
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return str(Path(base) / "stabcheck" / "minima")
 
 
 def check_device(text: str) -> None:

@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 from dataclasses import asdict
 from pathlib import Path
 
 from claims.profiles import PROFILES, TIMINGS, profile, read_timings, train_key
+from stabcheck.experiments.minima import default_cache_dir
 from stabcheck.files import write_atomic
 
 SOURCE = "minima cache"
@@ -95,8 +95,8 @@ def write(path: Path, doc: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache-dir", default=os.environ.get("STABCHECK_CACHE_DIR",
-                                                              str(Path.home() / ".cache" / "stabcheck" / "minima")))
+    parser.add_argument("--cache-dir", default=default_cache_dir(),
+                        help="minima cache (default: STABCHECK_CACHE_DIR, else $XDG_CACHE_HOME or ~/.cache, /stabcheck/minima)")
     parser.add_argument("--scale", choices=tuple(PROFILES), action="append",
                         help="only this scale's entries (repeatable; default: every scale)")
     parser.add_argument("--file", type=Path, default=TIMINGS, help=f"the timings file (default: {TIMINGS})")

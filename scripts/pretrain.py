@@ -10,7 +10,6 @@ checkpoint. The budget is checked between settings: a setting that starts runs t
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 from claims.options import parse_duration  # noqa: E402
 from claims.profiles import profile  # noqa: E402
-from stabcheck.experiments.minima import MinimaCache  # noqa: E402
+from stabcheck.experiments.minima import MinimaCache, default_cache_dir  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, action="append", help="only these learning rates (repeatable)")
     parser.add_argument("--gd", choices=("only", "skip", "any"), default="any", help="GD settings only / never")
     parser.add_argument("--budget", default="1h", help="stop starting new settings after this long (e.g. 90m)")
-    parser.add_argument("--cache-dir", default=os.environ.get("STABCHECK_CACHE_DIR",
-                                                              str(Path.home() / ".cache" / "stabcheck" / "minima")))
+    parser.add_argument("--cache-dir", default=default_cache_dir(),
+                        help="minima cache (default: STABCHECK_CACHE_DIR, else $XDG_CACHE_HOME or ~/.cache, /stabcheck/minima)")
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args(argv)
 

@@ -50,6 +50,14 @@ WAIT_REPORT_EVERY = 60.0
 _BLOB_KEYS = ("config", "record", "loss_curve", "state")
 
 
+def default_cache_dir() -> str:
+    """STABCHECK_CACHE_DIR, else the user's cache folder: minima that took hours survive a new checkout."""
+    if os.environ.get("STABCHECK_CACHE_DIR"):
+        return os.environ["STABCHECK_CACHE_DIR"]
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(base) / "stabcheck" / "minima")
+
+
 def cache_key(config: MinimumConfig, device: str | torch.device = "cpu", dtype: str = "float32") -> str:
     """Hex digest naming the cached minimum of ``config`` trained on ``device`` in ``dtype``.
 
