@@ -47,6 +47,8 @@ def test_a_check_records_the_criteria_and_the_box(tiny, tmp_path):
     assert record["iteration"] == 7 and record["batch_loss"] == 0.5
     assert record["a"] == pytest.approx(a, rel=1e-8) and record["s"] == pytest.approx(math.sqrt(s2), rel=1e-8)
     assert record["theorem1"] == pytest.approx(t1.value, rel=1e-8) and record["theorem1_verdict"] == t1.verdict
+    assert record["theorem1_form"] == t1.form == "sample" and record["theorem1_mu"] == pytest.approx(t1.mu, rel=1e-8)
+    assert record["theorem1_margin"] == pytest.approx(1 - t1.mu / 2, rel=1e-8)  # not 1 − value, which is 0 here
     assert record["a_bound"] == 20.0 and record["s_bound"] == pytest.approx(s_bound)
     assert record["a_margin"] == pytest.approx(1 - a / 20)
     assert record["s_margin"] == pytest.approx(1 - record["s"] / s_bound)

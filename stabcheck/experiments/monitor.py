@@ -88,7 +88,8 @@ class StabilityMonitor:
     ``records`` holds every check, a JSON-ready dict: ``iteration``, ``measured_on``, ``batch_loss`` (as
     the loop passed it), ``loss`` (on the measurement set, eval mode), ``a`` with ``a_converged``,
     ``a_residual``, ``a_products``, ``a_start`` ("cold", "warm" or "warm, fell, re-solved cold"), ``a_bound``
-    and ``a_margin``; the same for ``s`` and ``theorem1`` (``theorem1_verdict``) when asked; ``products``,
+    and ``a_margin``; the same for ``s`` and ``theorem1`` when asked (``theorem1_form``, ``theorem1_mu``,
+    ``theorem1_verdict``; its margin is 1 − μ/2 in the sample form, 1 − value in the full form); ``products``,
     ``seconds`` and ``stop``; non-finite numbers are null. ``stopped`` says why a call asked the loop to
     stop ("" if none).
     """
@@ -188,11 +189,16 @@ class StabilityMonitor:
         if self.with_theorem1:
             t1 = solve_theorem1(problem, lr=self.lr, batch_size=self.batch_size, tol=self.tol, maxiter=self.maxiter,
                           seed=self.seed, sharpness=a, hvp=self.hvp, engine=self.engine)
-            count = sum(dict(getattr(t1, "products", {})).values())
-            value = getattr(t1, "value", None)  # whatever Theorem-1 result it is, its value, verdict and cost
-            rec |= {"theorem1": value, "theorem1_verdict": getattr(t1, "verdict", None),
-                    "theorem1_converged": getattr(t1, "converged", None), "theorem1_products": count,
-                    "theorem1_margin": None if value is None else 1.0 - value}
+            count = sum(t1.products.values())
+            # the share of the way left to the condition's edge, like a_margin = 1 − a/(2/η): the sample
+            # form's value sits at 1 while μ ≤ 2, so its margin is read from μ
+            if t1.form == "sample":
+                margin = t1.margin / 2.0
+            else:
+                margin = None if t1.value is None else 1.0 - t1.value
+            rec |= {"theorem1": t1.value, "theorem1_form": t1.form, "theorem1_mu": getattr(t1, "mu", None),
+                    "theorem1_verdict": t1.verdict, "theorem1_converged": t1.converged, "theorem1_products": count,
+                    "theorem1_margin": margin}
             products += count
         rec["products"] = products
         return rec
