@@ -95,6 +95,30 @@ def test_a_wrong_warm_start_gives_the_same_a(tiny, bad):
     assert again["a"] == pytest.approx(first["a"], rel=1e-8) and again["a_converged"]
 
 
+def test_mu_is_warm_started_too(tiny):
+    model, *_ = tiny
+    monitor = monitor_of(tiny, theorem1=True)
+    cold, warm = monitor.check(0, model), monitor.check(1, model)
+    assert cold["theorem1_start"] == "cold" and warm["theorem1_start"] == "warm"
+    assert warm["theorem1_mu"] == pytest.approx(cold["theorem1_mu"], rel=1e-9)
+    # the Gram blocks and the residual term cost the same at both checks: only μ's solve got cheaper
+    assert warm["theorem1_products"] < cold["theorem1_products"]
+
+
+@pytest.mark.parametrize("bad", ["orthogonal to the top", "random"])
+def test_a_wrong_warm_start_of_mu_gives_the_same_mu(tiny, bad):
+    model, *_ = tiny
+    monitor = monitor_of(tiny, theorem1=True)
+    first = monitor.check(0, model)
+    top = monitor._previous["mu"].vector
+    vector = torch.randn(top.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    if bad == "orthogonal to the top":
+        vector = vector - (vector @ top) / (top @ top) * top
+    monitor._previous["mu"] = dataclasses.replace(monitor._previous["mu"], vector=vector)
+    again = monitor.check(1, model)
+    assert again["theorem1_mu"] == pytest.approx(first["theorem1_mu"], rel=1e-8) and again["theorem1_converged"]
+
+
 def test_the_guard_is_needed_a_start_on_the_second_eigenvector_certifies_the_wrong_eigenvalue(tiny):
     _, _, _, problem = tiny
     op = HessianOperator(problem)

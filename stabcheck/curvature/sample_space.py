@@ -241,13 +241,13 @@ class SampleSpace:
         block = float((u.double() * self.block_apply(u).double()).sum()) * c
         return gram, block
 
-    def _solve(self, matvec, dim: int, settings) -> EigenResult:
-        return top_eigenpair(matvec, dim, method=settings.method, tol=settings.tol, maxiter=settings.maxiter,
-                             seed=settings.seed, dtype=self.problem.dtype, device=self.problem.device)
-
-    def solve_mu(self, p: float, settings) -> EigenResult:
-        """The top eigenpair of K_p (PSD, nK × nK)."""
-        return self._solve(lambda u: self.kernel(p, u), self.size, settings)
+    def solve_mu(self, p: float, settings, v0: Tensor | None = None) -> EigenResult:
+        """The top eigenpair of K_p (PSD, nK × nK); ``v0``: a start vector, e.g. a previous
+        solve's top vector (a start without the top direction converges below λ_max, certified)."""
+        start = {} if v0 is None else {"v0": v0}
+        return top_eigenpair(lambda u: self.kernel(p, u), self.size, method=settings.method, tol=settings.tol,
+                             maxiter=settings.maxiter, seed=settings.seed, dtype=self.problem.dtype,
+                             device=self.problem.device, **start)
 
     def solve_excess(self, lr: float, p: float, settings) -> EigenResult:
         """The top eigenpair of T_GN − I = JᵀMJ in parameter space (Lanczos, largest algebraic)."""
@@ -284,15 +284,15 @@ class SampleSpace:
 
 
 def solve_sample(space: SampleSpace, lr: float, batch_size: int, settings, sharpness: float | None,
-                 residual: ResidualTerm | None) -> SampleTheorem1Result:
+                 residual: ResidualTerm | None, mu_start: Tensor | None = None) -> SampleTheorem1Result:
     """The sample-space Theorem 1 at one (η, B), on a prepared :class:`SampleSpace`.
 
     ``products`` of the result counts the products of ``space`` so far (the blocks, this solve and any
-    earlier solve on the same space).
+    earlier solve on the same space). ``mu_start``: the μ solve's start vector (see ``solve_mu``).
     """
     problem = space.problem
     p = noise_factor(problem.n, batch_size)
-    eigen = space.solve_mu(p, settings)
+    eigen = space.solve_mu(p, settings, v0=mu_start)
     excess = space.solve_excess(lr, p, settings) if lr * eigen.value > 2.0 else None
     return SampleTheorem1Result(
         lr=lr, batch_size=batch_size, n=problem.n, p=p, stable_tol=settings.stable_tol, dim=problem.dim,

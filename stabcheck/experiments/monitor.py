@@ -8,8 +8,8 @@ when asked, the non-uniformity s and Theorem 1 at the run's (η, B), with the bo
 outside). Each check becomes one JSON object, appended as one line to ``log`` with a single write;
 ``python -m stabcheck monitor LOG`` draws the log, also while the run is going.
 
-Warm starts. Lanczos for a and s starts from the previous check's top eigenvector, which costs few
-products while the iterate moves little. The residual certifies an eigenpair, not that it is the top
+Warm starts. Lanczos for a, s and (sample-form) Theorem 1's μ starts from the previous check's top
+eigenvector, which costs few products while the iterate moves little. The residual certifies an eigenpair, not that it is the top
 one: a start without a component on the top eigenvector converges to a lower eigenvalue, certified.
 So a warm value below the previous check's is not taken on trust: the check then also solves from the
 seeded random start and keeps the larger certified value (Ritz values are lower bounds of λ_max, so
@@ -35,13 +35,17 @@ import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
+from types import MappingProxyType
 
 import torch
 from torch import Tensor, nn
 
 from ..curvature.bounds import check_batch, check_lr, nonuniformity_bound, sharpness_bound
-from ..curvature.criteria import NonUniformityResult, SharpnessResult, fingerprint
+from ..curvature.criteria import (
+    NonUniformityResult, SharpnessResult, SolveOptions, choose_form, fingerprint, prepare_sample)
 from ..curvature.criteria import theorem1 as solve_theorem1
+from ..curvature.results import FULL, SAMPLE
+from ..curvature.sample_space import solve_sample
 from ..curvature.eigen import EigenResult, lanczos
 from ..curvature.operators import HessianOperator, SigmaOperator
 from ..curvature.problem import Problem
@@ -89,7 +93,7 @@ class StabilityMonitor:
     the loop passed it), ``loss`` (on the measurement set, eval mode), ``a`` with ``a_converged``,
     ``a_residual``, ``a_products``, ``a_start`` ("cold", "warm" or "warm, fell, re-solved cold"), ``a_bound``
     and ``a_margin``; the same for ``s`` and ``theorem1`` when asked (``theorem1_form``, ``theorem1_mu``,
-    ``theorem1_verdict``; its margin is 1 − μ/2 in the sample form, 1 − value in the full form); ``products``,
+    ``theorem1_verdict``, ``theorem1_start``; its margin is 1 − μ/2 in the sample form, 1 − value in the full form); ``products``,
     ``seconds`` and ``stop``; non-finite numbers are null. ``stopped`` says why a call asked the loop to
     stop ("" if none).
     """
@@ -187,12 +191,11 @@ class StabilityMonitor:
                     "s_bound": self.s_bound, "s_margin": 1.0 - s.value / self.s_bound}
             products += s.matvecs
         if self.with_theorem1:
-            t1 = solve_theorem1(problem, lr=self.lr, batch_size=self.batch_size, tol=self.tol, maxiter=self.maxiter,
-                          seed=self.seed, sharpness=a, hvp=self.hvp, engine=self.engine)
+            t1, rec["theorem1_start"] = self._theorem1(problem, a)
             count = sum(t1.products.values())
             # the share of the way left to the condition's edge, like a_margin = 1 − a/(2/η): the sample
             # form's value sits at 1 while μ ≤ 2, so its margin is read from μ
-            if t1.form == "sample":
+            if t1.form == SAMPLE:
                 margin = t1.margin / 2.0
             else:
                 margin = None if t1.value is None else 1.0 - t1.value
@@ -203,22 +206,44 @@ class StabilityMonitor:
         rec["products"] = products
         return rec
 
+    def _theorem1(self, problem: Problem, a: SharpnessResult):
+        """Theorem 1 at (η, B) and how its solve started; in the sample form μ's Lanczos is warm-started like
+        a's (the full form's T is solved cold: its start is a's top vector already)."""
+        options = SolveOptions(tol=self.tol, maxiter=self.maxiter, seed=self.seed, hvp=self.hvp, engine=self.engine)
+        if choose_form(problem, "auto") != SAMPLE:
+            return solve_theorem1(problem, lr=self.lr, batch_size=self.batch_size, form=FULL, sharpness=a,
+                                  options=options), "cold"
+        space, value, residual = prepare_sample(problem, a, options)
+        return self._warm(
+            "mu", space.size, lambda v0: solve_sample(space, self.lr, self.batch_size, options, value, residual,
+                                                      mu_start=v0),
+            eigen=lambda result: result.eigen,
+            # the space counts its products: the kept result gets the count after both solves
+            both=lambda kept, warm, cold: replace(kept, products=MappingProxyType(dict(space.products()))))
+
     def _solve(self, name: str, op) -> tuple[EigenResult, str]:
-        """(the solve, how it started): warm from the previous top vector, re-solved cold where the warm
-        value fell below the previous one (a start without the top vector finds a lower eigenvalue)."""
+        """(the solve, how it started) of a's or s's operator (see ``_warm``)."""
         solve = dict(tol=self.tol, maxiter=self.maxiter, seed=self.seed, dtype=op.dtype, device=op.device)
+        return self._warm(name, op.problem.dim, lambda v0: lanczos(op.matvec, op.problem.dim, v0=v0, **solve),
+                          eigen=lambda result: result,
+                          both=lambda kept, warm, cold: replace(kept, matvecs=warm.matvecs + cold.matvecs,
+                                                                wall_time=warm.wall_time + cold.wall_time))
+
+    def _warm(self, name: str, dim: int, run, *, eigen, both):
+        """``run(v0)`` from the previous check's top vector (``eigen(result)``: the result's EigenResult),
+        re-solved from the seeded random start (v0 None) where the warm value fell below the previous one (a
+        start without the top vector finds a lower eigenvalue): the larger certified value is kept, with the
+        cost of both solves (``both(kept, warm, cold)``). Returns (result, how it started)."""
         previous = self._previous.get(name) if self.warm else None
-        if previous is None or previous.vector.shape != (op.problem.dim,):
-            result, start = lanczos(op.matvec, op.problem.dim, **solve), "cold"
+        if previous is None or previous.vector.shape != (dim,):
+            result, start = run(None), "cold"
         else:
-            result, start = lanczos(op.matvec, op.problem.dim, v0=previous.vector, **solve), "warm"
-            if result.value < previous.value - self.tol * abs(previous.value):
-                cold = lanczos(op.matvec, op.problem.dim, **solve)
-                best = max((result, cold), key=lambda r: (r.converged, r.value))
-                result = replace(best, matvecs=result.matvecs + cold.matvecs,
-                                 wall_time=result.wall_time + cold.wall_time)
-                start = "warm, fell, re-solved cold"
-        self._previous[name] = result
+            result, start = run(previous.vector), "warm"
+            if eigen(result).value < previous.value - self.tol * abs(previous.value):
+                cold = run(None)
+                kept = max((result, cold), key=lambda r: (eigen(r).converged, eigen(r).value))
+                result, start = both(kept, result, cold), "warm, fell, re-solved cold"
+        self._previous[name] = eigen(result)
         return result, start
 
     def _judge(self, record: dict) -> None:
