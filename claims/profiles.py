@@ -405,7 +405,7 @@ def _paper() -> Profile:
         "C3": Plan(grids=(Grid("fnn", (0.1,), (10,), seeds), Grid("fnn", (0.5,), (50,), seeds),
                           Grid("vgg", (0.1,), (10,), seeds), Grid("vgg", (0.5,), (50,), seeds)), thresholds=C3),
         # The paper lists no CIFAR-10 η grid; §6's data files give GD at η = 0.01, 0.05, 0.1, 0.5.
-        "C5": Plan(grids=(Grid("fnn", (0.01, 0.05, 0.1, 0.5, 1.0, 5.0), (None,), seeds),
+        "C5": Plan(grids=(Grid("fnn", (0.01, 0.05, 0.1, 0.5, 1.0, 5.0), (None,), three),
                           Grid("vgg", (0.01, 0.05, 0.1, 0.5), (None,), three)), thresholds=C5, paper=PAPER_C5,
                    expect={"landscape-limited": Declared(
                        {"fnn": (0.01,)}, "the paper's tables: FNN GD at η = 0.01 ends at a = 53.5, far below 2/η = "
@@ -432,7 +432,7 @@ def _paper() -> Profile:
         # The whole grid of each family (C5, C6, C3: GD at η ≤ 0.05 included, a GPU's) and the grid a CPU
         # trains: every SGD setting and GD at η ≥ 0.5 (FNN) or η = 0.5 (VGG), a from 0.4 to 20.
         "C8": Plan(grids=(Grid("fnn", (0.1,), (10, 100), seeds), Grid("fnn", (0.5,), (50,), seeds),
-                          Grid("fnn", (0.5, 1.0, 5.0), (None,), seeds),
+                          Grid("fnn", (0.5, 1.0, 5.0), (None,), three),
                           Grid("vgg", (0.1,), (10, 100), seeds), Grid("vgg", (0.5,), (50,), seeds),
                           Grid("vgg", (0.5,), (None,), three)),
                    thresholds={"min r": MIN_R_PAPER}),
