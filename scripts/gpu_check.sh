@@ -9,8 +9,8 @@
 # /tmp/stabcheck-gpu-minima), so a rerun on the same machine resumes: it trains only what is missing.
 # Merge the report with the CPU runs' into one: python -m claims.paper_runs merge OUT RUN... (README).
 #
-# The remainder: GD at η ≤ 0.1 on the FNN and η ≤ 0.05 on the VGG (C5's table, C5's edge span, C6's
-# B = 100 vs GD and C10 on the FNN, C12's power iteration on the FNN's GD minimum), C8 over each family's
+# The remainder: GD at η ≤ 0.1 on the FNN and the VGG (C5's table, C5's edge span, C6's B = 100 vs GD
+# and test accuracy, C10 and C12's power iteration on a GD minimum), C8 over each family's
 # whole grid, and the ResNet-14 of C13 (with and without BatchNorm) and its C12 cross-check. pytest runs
 # with --budget $STABCHECK_GPU_BUDGET seconds (default 540): whole claims run cheapest first, the run
 # stops cleanly when the budget is spent, and the report holds every finished case and lists the others.
