@@ -2,8 +2,9 @@
 
 GD from the minima cache's initialisation (seed 0) to the setup's tol: ``paper``: FNN 784-500-500-500-10 on the
 first n = 1000 FashionMNIST images, η = 1 (the paper profile's C9 start minimum); ``small``: the small profile's
-FNN 784-50-50-10 on n = 100, η = 0.2. Every ``EVERY`` iterations two monitors check a on the same iterate, to
-the profile's tol: one warm-started, one cold (``warm=False``). Timed by process CPU time (one thread), so other
+FNN 784-50-50-10 on n = 100, η = 0.2; ``small-mu``: the same run, the monitors also solving Theorem 1's μ (sample
+form). Every ``EVERY`` iterations two monitors check a (and μ) on the same iterate, to the profile's tol: one
+warm-started, one cold (``warm=False``). Timed by process CPU time (one thread), so other
 jobs on the machine do not enter: training alone is the run's time less both monitors'. Goals: a warm check at
 most a third of a cold one's products (median over the checks), and the warm monitor at most 25% of the
 training time. The run also checks that the monitors leave training alone: its final loss equals the cached
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from claims.profiles import profile
-from stabcheck.experiments.minima import MinimaCache, build_for, dataset_for
+from stabcheck.experiments.minima import MinimaCache, build_for, dataset_for, default_cache_dir
 from stabcheck.experiments.monitor import StabilityMonitor
 from stabcheck.experiments.train import train
 
@@ -29,7 +30,8 @@ from .support import THREADS
 pytestmark = pytest.mark.perf
 
 EVERY = 50
-RUNS = {"paper": ("fnn", 1.0), "small": ("fnn_gd", 0.2)}
+RUNS = {"paper": ("paper", "fnn", 1.0, False), "small": ("small", "fnn_gd", 0.2, False),
+        "small-mu": ("small", "fnn_gd", 0.2, True)}   # (profile, setup, η, Theorem 1 too)
 GOALS = {"warm products / cold products": 1 / 3, "monitoring / training time": 0.25}
 
 
@@ -45,15 +47,15 @@ class Timed:
         self.cpu += time.process_time() - start
 
 
-@pytest.mark.parametrize("net", ["small", "paper"])
+@pytest.mark.parametrize("net", list(RUNS))
 def test_warm_against_cold_along_gd(net):
-    scale = profile(net)
-    name, lr = RUNS[net]
+    scale_name, name, lr, with_theorem1 = RUNS[net]
+    scale = profile(scale_name)
     config = scale.setups[name].config(lr, None, 0)
     data = dataset_for(config)
     x, y = data.inputs, data.targets(config.setup.loss)
     how = dict(lr=lr, loss=config.setup.loss, every=EVERY, tol=scale.measurement.tol,
-               maxiter=scale.measurement.maxiter)
+               maxiter=scale.measurement.maxiter, theorem1=with_theorem1)
     REPORT_DIR.mkdir(parents=True, exist_ok=True)
     logs = {kind: Path(REPORT_DIR) / f"monitor-{net}-{kind}.jsonl" for kind in ("warm", "cold")}
     for log in logs.values():  # a monitor appends: a log of an earlier run would mix in
@@ -80,7 +82,7 @@ def test_warm_against_cold_along_gd(net):
     training = total - warm.cpu - cold.cpu
     pairs = list(zip(warm.monitor.records, cold.monitor.records))
     ratios = [w["products"] / c["products"] for w, c in pairs[1:]]  # the first warm check is cold
-    cache = MinimaCache(os.environ.get("STABCHECK_CACHE_DIR", "~/.cache/stabcheck/minima"), progress=False)
+    cache = MinimaCache(default_cache_dir(), progress=False)
     cached = json.loads(cache.path(config).with_suffix(".json").read_text()) \
         if cache.path(config).with_suffix(".json").exists() else None
     result = {
@@ -90,7 +92,14 @@ def test_warm_against_cold_along_gd(net):
         "warm products": [w["products"] for w, _ in pairs], "cold products": [c["products"] for _, c in pairs],
         "warm starts": [w["a_start"] for w, _ in pairs],
         "a warm": [w["a"] for w, _ in pairs], "a cold": [c["a"] for _, c in pairs],
-        "all converged": all(w["a_converged"] and c["a_converged"] for w, c in pairs),
+        **({"theorem1 products warm": [w["theorem1_products"] for w, _ in pairs],
+            "theorem1 products cold": [c["theorem1_products"] for _, c in pairs],
+            "mu starts": [w["theorem1_start"] for w, _ in pairs],
+            "median theorem1 products warm / cold": statistics.median(
+                w["theorem1_products"] / c["theorem1_products"] for w, c in pairs[1:]),
+            "max relative mu gap warm / cold": max(abs(w["theorem1_mu"] / c["theorem1_mu"] - 1) for w, c in pairs)}
+           if with_theorem1 else {}),
+        "all converged": all(r["a_converged"] and r.get("theorem1_converged", True) for pair in pairs for r in pair),
         "median products warm / cold": statistics.median(ratios),
         "total products warm / cold": sum(w["products"] for w, _ in pairs) / sum(c["products"] for _, c in pairs),
         "training cpu s": training, "warm monitor cpu s": warm.cpu, "cold monitor cpu s": cold.cpu,
