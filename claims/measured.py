@@ -23,18 +23,23 @@ from stabcheck.experiments.setups import MinimumConfig
 UNSTABLE = "unstable (a > 2/eta)"
 
 
-def theorem1_entries(t1: stabcheck.Theorem1Result, sample: stabcheck.SampleTheorem1Result | None = None) -> dict:
+def theorem1_entries(t1: stabcheck.Theorem1Result | None,
+                     sample: stabcheck.SampleTheorem1Result | None = None) -> dict:
     """A row's Theorem-1 entries: the library's verdict and convergence, and "unstable" only where
     a > 2/η proves it (Theorem 1 is sufficient only: a value above 1 is "not certified"). With the
     sample-space form's result (squared-error minima with d > nK): μ, its margin 2 − μ, its verdict and
-    the size of the residual term H − G that the verdict leaves out."""
-    entries = {"theorem1": t1.value, "theorem1 verdict": t1.verdict, "theorem1 converged": t1.converged}
+    the size of the residual term H − G that the verdict leaves out. ``t1`` None: the full form was not
+    solved (``Measurement.full_theorem1``), and its entries are left out."""
+    if t1 is None and sample is None:
+        raise ValueError("theorem1_entries needs the full-form or the sample-form result")
+    entries = {} if t1 is None else {"theorem1": t1.value, "theorem1 verdict": t1.verdict,
+                                     "theorem1 converged": t1.converged}
     if sample is not None:
         # "theorem1 mu", not "mu": a minimum's "mu" is its momentum
         entries.update({"theorem1 mu": sample.mu, "theorem1 mu margin": sample.margin,
                         "theorem1 mu verdict": sample.verdict, "theorem1 mu converged": sample.converged,
                         "residual |H-G|": None if sample.residual is None else sample.residual.size})
-    if t1.sharpness_exceeded:
+    if (t1 or sample).sharpness_exceeded:
         entries["GD criterion"] = UNSTABLE
     return entries
 
@@ -42,13 +47,14 @@ def theorem1_entries(t1: stabcheck.Theorem1Result, sample: stabcheck.SampleTheor
 @dataclass(frozen=True)
 class MeasuredMinimum:
     """A trained minimum with a = λmax(H), s = λmax(Σ)^½ and Theorem 1 at its own (η, B): ``theorem1`` in
-    the full form (whose solve C12 cross-checks) and ``theorem1_sample`` in the sample-space form where
-    that applies (else None)."""
+    the full form (whose solve C12 cross-checks; None where the profile skips it, see
+    ``Measurement.full_theorem1``) and ``theorem1_sample`` in the sample-space form where that applies (else
+    None)."""
 
     minimum: Minimum
     a: stabcheck.SharpnessResult
     s: stabcheck.NonUniformityResult
-    theorem1: stabcheck.Theorem1Result
+    theorem1: stabcheck.Theorem1Result | None
     seconds: dict[str, float]
     theorem1_sample: stabcheck.SampleTheorem1Result | None = None
 
@@ -103,7 +109,9 @@ class MeasuredMinimum:
 
 def measure(minimum: Minimum, how: Measurement, seed: int, device: str) -> MeasuredMinimum:
     """a, s and Theorem 1 at (η, B) of a trained minimum, Lanczos to ``how.tol`` from start vector ``seed``
-    (float32; an unconverged a or s is solved again in float64 when ``how.float64_retry``)."""
+    (float32; an unconverged a or s is solved again in float64 when ``how.float64_retry``). Theorem 1 in the
+    sample form where it applies, and in the full form unless the sample form applies and
+    ``how.full_theorem1`` is off."""
     c = minimum.config
     seconds = {}
     with measurement_threads(device):
@@ -122,12 +130,14 @@ def measure(minimum: Minimum, how: Measurement, seed: int, device: str) -> Measu
         start = time.perf_counter()
         s = solve(stabcheck.non_uniformity)
         seconds["s"] = time.perf_counter() - start
-        start = time.perf_counter()
-        t1 = stabcheck.theorem1(problem, lr=c.lr, batch_size=c.batch_size, tol=how.tol, maxiter=how.maxiter,
-                                seed=seed, sharpness=a, form="full")
-        seconds["theorem1"] = time.perf_counter() - start
-        sample = None
-        if choose_form(problem, "auto") == "sample":
+        t1 = sample = None
+        applies = choose_form(problem, "auto") == "sample"
+        if how.full_theorem1 or not applies:
+            start = time.perf_counter()
+            t1 = stabcheck.theorem1(problem, lr=c.lr, batch_size=c.batch_size, tol=how.tol, maxiter=how.maxiter,
+                                    seed=seed, sharpness=a, form="full")
+            seconds["theorem1"] = time.perf_counter() - start
+        if applies:
             start = time.perf_counter()
             sample = stabcheck.theorem1(problem, lr=c.lr, batch_size=c.batch_size, tol=how.tol,
                                         maxiter=how.maxiter, seed=seed, sharpness=a, form="sample")

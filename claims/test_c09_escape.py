@@ -266,7 +266,7 @@ def check_unstable_restart(claim, suite, m, lr: float, batch_size: int, point: d
         found, new_loss = new_minimum(traj, m, lr, batch_size, how, suite.base_seed, device)
         measured |= {"new a": found.a.value, "new s": found.s.value, "new a converged": found.a.converged,
                      "new s converged": found.s.converged, "new loss": new_loss,
-                     **{f"new {k}": v for k, v in theorem1_entries(found.theorem1).items()}}
+                     **{f"new {k}": v for k, v in theorem1_entries(found.theorem1, found.theorem1_sample).items()}}
     claim.record(measured=measured, kinds=kinds.escape(measured), tag=Tag.ESCAPE, expected=expected, seed=start.seed,
                  dtype=m.a.dtype, trajectory=traj.as_dict(),
                  restart={"lr": lr, "B": batch_size, "n": n, "status": traj.status, "seconds": traj.seconds},

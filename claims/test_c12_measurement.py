@@ -175,13 +175,14 @@ def cross_check_configs(suite) -> dict:
 
 
 def converged_theorem1(suite, m, device, seed):
-    """The minimum's Theorem-1 solve, or where it stopped unconverged at the profile's cap, the same solve
-    with the C12 plan's ``theorem1 maxiter`` (a cluster of eigenvalues at 1 needs more steps)."""
-    if m.theorem1.converged or theorem1_cap(suite) is None:
+    """The minimum's full-form Theorem-1 solve, or where it stopped unconverged at the profile's cap or the
+    profile did not solve it, the same solve with the C12 plan's ``theorem1 maxiter`` (a cluster of
+    eigenvalues at 1 needs more steps)."""
+    if m.theorem1 is not None and (m.theorem1.converged or theorem1_cap(suite) is None):
         return m.theorem1
     how, c = suite.profile.measurement, m.config
     return stabcheck.theorem1(m.minimum.problem(device=device), lr=c.lr, batch_size=c.batch_size, tol=how.tol,
-                              maxiter=theorem1_cap(suite), seed=seed, sharpness=m.a)
+                              maxiter=theorem1_cap(suite) or how.maxiter, seed=seed, sharpness=m.a, form="full")
 
 
 def theorem1_cap(suite) -> int | None:
