@@ -174,6 +174,13 @@ def test_edge_regime_spans_a_wide_range(claim, suite, measured_minimum, gd_setup
     assert span >= min_span, f"{gd_setup}: edge regime only at η = {edge_lrs} (span {span:.3g} < {min_span})"
 
 
+def only_edge_of_stability(after: list[float], floor: float, ceiling: float, largest: float) -> bool:
+    """Whether a(t)·η/2 after reaching the edge left [floor, ceiling] only upwards, by at most ``largest``, and
+    ended inside it: GD at the edge of stability, not a wrong a (10% off moves the end out of the band)."""
+    return (bool(after) and all(q >= floor for q in after) and max(after) <= largest
+            and floor <= after[-1] <= ceiling)
+
+
 def edge_runs(suite) -> list:
     """The GD run whose sharpness C5 follows from initialisation (the plan's ``edge trajectory``)."""
     setup, lr, _ = suite.plan("C5").expect["edge trajectory"].value
@@ -184,7 +191,12 @@ def edge_runs(suite) -> list:
 @pytest.mark.cases(edge_config=edge_runs)
 def test_gd_sharpness_rises_to_the_edge_and_stays(claim, suite, minima_cache, device, edge_config):
     """Progressive sharpening ending at 2/η: after the first check where a(t) ≥ 0.95·2/η, every later a(t)
-    lies within [0.9, 1.02]·2/η; every check's solve converged."""
+    lies within [0.9, 1.02]·2/η; every check's solve converged.
+
+    A plan may declare the ``edge of stability`` (Cohen et al. 2021): GD's a(t) rises past 2/η and hovers
+    above it while the loss still falls. There, and only where the run converged, never fell below the
+    floor after reaching the edge, exceeded the ceiling by at most the declared factor and ended within
+    [floor, ceiling], the case is an expected failure naming the finding; anything else fails."""
     every = suite.plan("C5").expect["edge trajectory"].value[2]
     reach, floor, ceiling = (suite.threshold("C5", f"trajectory {k}") for k in ("reach", "floor", "ceiling"))
     how, setup, lr = suite.profile.measurement, edge_config.setup, edge_config.lr
@@ -198,10 +210,13 @@ def test_gd_sharpness_rises_to_the_edge_and_stays(claim, suite, minima_cache, de
     iters, ratios = [r["iteration"] for r in monitor.records], [r["a"] * lr / 2 for r in monitor.records]
     first = next((i for i, q in enumerate(ratios) if q >= reach), None)
     after = ratios[first:] if first is not None else []
+    above = [(t, round(q, 3)) for t, q in zip(iters[first:], after) if q > ceiling]
     claim.record(
         measured={"first iteration at the edge": Kind.EVENT(iters[first] if first is not None else None),
                   "min a eta/2 after it": Kind.RATIO(min(after, default=None)),
                   "max a eta/2 after it": Kind.RATIO(max(after, default=None)),
+                  "checks above the ceiling after it": Kind.COUNT(len(above)),
+                  "final a eta/2": Kind.RATIO(ratios[-1] if ratios else None),
                   "final a": Kind.SHARPNESS(monitor.records[-1]["a"] if monitor.records else None),
                   "status": record.status, "iterations": Kind.ITERATIONS(record.iterations),
                   "checks": Kind.COUNT(len(iters)),
@@ -217,5 +232,12 @@ def test_gd_sharpness_rises_to_the_edge_and_stays(claim, suite, minima_cache, de
                                f"{record.iterations} iterations ({record.status}); largest a·η/2 "
                                f"{max(ratios, default=math.nan):.3f}")
     outside = [(t, round(q, 3)) for t, q in zip(iters[first:], after) if not floor <= q <= ceiling]
-    assert not outside, (f"{label}: after reaching the edge at iteration {iters[first]}, a·η/2 left "
-                         f"[{floor}, {ceiling}] at (iteration, a·η/2) {outside[:10]}")
+    message = (f"{label}: after reaching the edge at iteration {iters[first]}, a·η/2 left [{floor}, {ceiling}] at "
+               f"{len(outside)} of {len(after)} checks, (iteration, a·η/2) {outside[:10]}")
+    declared = suite.plan("C5").expect.get("edge of stability")
+    if (outside and declared is not None and record.status == "converged"
+            and only_edge_of_stability(after, floor, ceiling, declared.value)):
+        pytest.xfail(f"edge of stability, declared: a·η/2 above {ceiling} at {len(above)} of {len(after)} checks "
+                     f"after iteration {iters[first]} (largest {max(after):.3f} ≤ {declared.value}), never below "
+                     f"{floor}, final {ratios[-1]:.3f}; {declared.reason}")
+    assert not outside, message

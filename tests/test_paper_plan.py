@@ -11,6 +11,7 @@ import pytest
 from claims import paper_runs
 from claims.profiles import profile
 from claims.suite import Suite
+from claims.test_c05_gd_edge import only_edge_of_stability
 from claims.trends import mean_outside, standard_error
 from stabcheck.reporting.report import ReportError, write_report
 
@@ -101,3 +102,21 @@ def test_merge_of_a_folder_without_a_report_says_what_to_give(tmp_path, capsys):
         paper_runs.merge([tmp_path])
     assert paper_runs.main(["merge", str(tmp_path / "out"), str(tmp_path)]) == 2
     assert "give a folder written by 'pytest claims/'" in capsys.readouterr().err
+
+
+def test_only_the_declared_edge_of_stability_makes_the_trajectory_an_expected_failure():
+    """The η = 0.5 probe's a·η/2 (0.62 at iteration 50, then the checks after the edge) passes as the
+    edge of stability; the same run with a 10% too large or too small a, a dip below the floor, or an
+    overshoot beyond the declared largest does not."""
+    c5 = profile("paper").plans["C5"]
+    floor, ceiling = c5.threshold("trajectory floor"), c5.threshold("trajectory ceiling")
+    largest = c5.expect["edge of stability"].value
+    after = [1.189, 1.049, 1.025, 1.004, 1.025, 0.954, 1.089, 1.028, 1.005, 1.067, 1.044, 0.993, 0.96, 0.958]
+    assert only_edge_of_stability(after, floor, ceiling, largest)
+    assert not only_edge_of_stability([q * 1.1 for q in after], floor, ceiling, largest)
+    assert not only_edge_of_stability([q * 0.9 for q in after], floor, ceiling, largest)
+    assert not only_edge_of_stability(after[:5] + [0.85] + after[5:], floor, ceiling, largest)
+    assert not only_edge_of_stability([largest + 0.1] + after, floor, ceiling, largest)
+    assert not only_edge_of_stability([], floor, ceiling, largest)
+    assert "edge of stability" not in profile("small").plans["C5"].expect  # the small run must pass outright
+
