@@ -6,6 +6,7 @@ later invocation resumes. This module makes the single report of every case that
 
     python -m claims.paper_runs merge OUT RUN [RUN ...]      # claims.json, claims.md, figures in OUT
     python -m claims.paper_runs pending RUN [RUN ...] < ids  # the node ids (one a line) no RUN has run
+    python -m claims.paper_runs settings REPORT               # per trained setting: ours beside the paper's
 
 ``merge`` takes each case from the latest run (in the order given) in which it ran (passed, failed or
 skipped), with that run's rows and timings; a case none of them ran stays "not run" with the latest
@@ -15,8 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
+
+from claims.profiles import PAPER_C5, PAPER_C6
 
 from stabcheck.reporting.runs import load_run
 from stabcheck.reporting.report import ReportError, write_atomic, write_report
@@ -71,6 +75,52 @@ def pending(ids: list[str], runs: list[Path]) -> list[str]:
     return [i for i in ids if i not in ran]
 
 
+def minima_points(rows: list[dict]) -> dict[str, dict]:
+    """Every trained minimum the rows measured, once (by label; the last row's measurement)."""
+    return {p["label"]: p for row in rows for p in row.get("minima") or [] if "label" in p}
+
+
+def _spread(values: list[float], digits: int = 4) -> str:
+    mean = statistics.fmean(values)
+    sd = f" ± {statistics.stdev(values):.{digits - 1}g}" if len(values) > 1 else ""
+    return f"{mean:.{digits}g}{sd}"
+
+
+def _range(values: list[float], fmt: str = ".3g") -> str:
+    low, high = format(min(values), fmt), format(max(values), fmt)
+    return low if low == high else f"{low}-{high}"
+
+
+def settings_table(rows: list[dict]) -> str:
+    """A markdown table, a line per trained setting (setup, η, B, μ): seeds, mean ± sd of a and s beside the
+    paper's means (PAPER.md §4, §6) where it gives them, a·η/2 and s/bound over the seeds, the sample-form
+    Theorem 1's μ with how many seeds it certified, and the wall seconds of training (a minimum trained in an
+    ensemble shows the whole ensemble's) and of measuring one minimum."""
+    settings: dict[tuple, list[dict]] = {}
+    for p in minima_points(rows).values():
+        settings.setdefault((p["setup"], p["lr"], p["B"] or p["n"], p.get("mu") or 0.0), []).append(p)
+    lines = ["| setting | seeds | a: ours / paper | s: ours / paper | a·η/2 | s/bound | μ (certified) | train s | "
+             "measure s |", "|---|---|---|---|---|---|---|---|---|"]
+    for (setup, lr, b, mu), points in sorted(settings.items()):
+        gd = b == points[0]["n"]
+        paper_a = PAPER_C5["mean a"].get(setup, {}).get(lr) if gd and not mu else None
+        paper_as = PAPER_C6["a, s"].get(setup, {}).get((lr, None if gd else b)) if not mu else None
+        paper_a = paper_as[0] if paper_as else paper_a
+        paper_s = paper_as[1] if paper_as else None
+        mus = [p["theorem1 mu"] for p in points if p.get("theorem1 mu") is not None]
+        certified = sum(p.get("theorem1 mu verdict") == "certified stable" for p in points)
+        measure = [sum(v for v in p["measure s"].values()) for p in points if p.get("measure s")]
+        name = f"{setup} {'GD' if gd else 'SGD'} η = {lr:g}" + ("" if gd else f", B = {b}") + (f", μ = {mu:g}" if mu else "")
+        lines.append(" | ".join([
+            f"| {name}", str(len(points)),
+            f"{_spread([p['a'] for p in points])} / {paper_a if paper_a is not None else '–'}",
+            f"{_spread([p['s'] for p in points])} / {paper_s if paper_s is not None else '–'}",
+            _range([p["a eta/2"] for p in points]), "–" if gd else _range([p["s/bound"] for p in points]),
+            f"{_range(mus)} ({certified}/{len(points)})" if mus else "–",
+            _range([p["train s"] for p in points], ".0f"), _range(measure, ".0f") if measure else "–"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m claims.paper_runs", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -79,11 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("runs", type=Path, nargs="+")
     p = sub.add_parser("pending", help="the node ids on stdin that none of the runs ran")
     p.add_argument("runs", type=Path, nargs="*")
+    t = sub.add_parser("settings", help="a markdown table per trained setting of a report, ours beside the paper's")
+    t.add_argument("report", type=Path, help="a report folder (its claims.json)")
     args = parser.parse_args(argv)
     try:
         if args.command == "merge":
             folder = write_merged(args.out, args.runs)
             print(f"[paper_runs] merged {len(args.runs)} run(s) into {folder}")
+        elif args.command == "settings":
+            print(settings_table(load(args.report)["rows"]), end="")
         else:
             ids = [line.strip() for line in sys.stdin if line.strip()]
             for node in pending(ids, args.runs):

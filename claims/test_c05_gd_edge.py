@@ -34,7 +34,7 @@ import pytest
 
 from claims.measured import require_minimum
 from claims.suite import case_id
-from claims.trends import mean_outside, paper_agreement, sharpest_found, standard_error
+from claims.trends import mean_outside, only_edge_of_stability, paper_agreement, sharpest_found, standard_error
 from claims.kinds import MINIMUM
 from stabcheck.experiments.minima import build_for, dataset_for
 from stabcheck.experiments.monitor import StabilityMonitor
@@ -172,13 +172,6 @@ def test_edge_regime_spans_a_wide_range(claim, suite, measured_minimum, gd_setup
                  expected={"lrs": lrs, "span at least": min_span},
                  minima=[m.point() for m in minima], grids=suite.describe())
     assert span >= min_span, f"{gd_setup}: edge regime only at η = {edge_lrs} (span {span:.3g} < {min_span})"
-
-
-def only_edge_of_stability(after: list[float], floor: float, ceiling: float, largest: float) -> bool:
-    """Whether a(t)·η/2 after reaching the edge left [floor, ceiling] only upwards, by at most ``largest``, and
-    ended inside it: GD at the edge of stability, not a wrong a (10% off moves the end out of the band)."""
-    return (bool(after) and all(q >= floor for q in after) and max(after) <= largest
-            and floor <= after[-1] <= ceiling)
 
 
 def edge_runs(suite) -> list:

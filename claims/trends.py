@@ -50,6 +50,13 @@ def standard_error(values: list[float]) -> float:
     return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
 
 
+def only_edge_of_stability(after: list[float], floor: float, ceiling: float, largest: float) -> bool:
+    """Whether a(t)·η/2 after reaching the edge left [floor, ceiling] only upwards, by at most ``largest``, and
+    ended inside it: GD at the edge of stability, not a wrong a (10% off moves the end out of the band)."""
+    return (bool(after) and all(q >= floor for q in after) and max(after) <= largest
+            and floor <= after[-1] <= ceiling)
+
+
 def mean_outside(mean: float, error: float, floor: float | None, ceiling: float, spread: float) -> str:
     """Why a mean with standard error ``error`` lies beyond its floor or ceiling by more than ``spread``
     standard errors (the floor and ceiling bound the true mean, not one draw of it); empty when it does not.

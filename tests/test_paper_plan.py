@@ -11,8 +11,7 @@ import pytest
 from claims import paper_runs
 from claims.profiles import profile
 from claims.suite import Suite
-from claims.test_c05_gd_edge import only_edge_of_stability
-from claims.trends import mean_outside, standard_error
+from claims.trends import mean_outside, only_edge_of_stability, standard_error
 from stabcheck.reporting.report import ReportError, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,3 +119,21 @@ def test_only_the_declared_edge_of_stability_makes_the_trajectory_an_expected_fa
     assert not only_edge_of_stability([], floor, ceiling, largest)
     assert "edge of stability" not in profile("small").plans["C5"].expect  # the small run must pass outright
 
+
+
+def _point(setup, lr, b, seed, a, s, mu=1.5):
+    return {"label": f"{setup}-lr={lr:g}-B={b or 'n'}-seed={seed}", "setup": setup, "lr": lr, "B": b, "n": 1000,
+            "mu": 0.0, "a": a, "s": s, "a eta/2": a * lr / 2, "s/bound": 0.5 if b else 0.0, "theorem1 mu": mu,
+            "theorem1 mu verdict": "certified stable" if mu <= 2 else "not certified", "train s": 100.0,
+            "measure s": {"a": 2.0, "s": 3.0}}
+
+
+def test_settings_table_puts_each_setting_beside_the_papers_numbers_once_per_minimum():
+    sgd = [_point("fnn", 0.1, 10, k, a, s) for k, (a, s) in enumerate([(8.0, 20.0), (9.0, 22.0)])]
+    gd = _point("vgg", 0.5, None, 0, 3.9, 50.0, mu=2.1)
+    rows = [{"minima": sgd + [gd]}, {"minima": sgd[:1]}]   # a minimum in two rows counts once
+    lines = paper_runs.settings_table(rows).splitlines()
+    assert len(lines) == 4
+    assert lines[2].startswith("| fnn SGD η = 0.1, B = 10 | 2 | 8.5 ± 0.707 / 7.9 | 21 ± 1.41 / 20.7 |")
+    assert "1.5 (2/2)" in lines[2] and lines[2].endswith("| 100 | 5 |")
+    assert lines[3].startswith("| vgg GD η = 0.5 | 1 | 3.9 / 3.64 | 50 / – | 0.975 | – | 2.1 (0/1) |")
