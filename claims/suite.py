@@ -80,7 +80,10 @@ class Suite:
         return NO_NUMBER if isinstance(value, Mapping) else value
 
     def describe(self) -> dict:
-        return {"scale": self.scale, "base_seed": self.base_seed, "seeds_per_setting": self.seeds_per_setting}
+        left_out = {case_id(c): reason for c, reason in zip(self.profile.diverged_configs(),
+                                                            self.profile.diverged.values())}
+        return {"scale": self.scale, "base_seed": self.base_seed, "seeds_per_setting": self.seeds_per_setting,
+                **({"left out (diverged)": left_out} if left_out else {})}
 
     def params(self, cases: Mapping[str, Any] | Sequence[MinimumConfig]) -> list:
         """``pytest.param`` per case, ids as given (or :func:`case_id`), the ``paper`` mark where due."""

@@ -26,16 +26,23 @@ test checks the profiles).
 Trajectory. GD from initialisation at the η of the plan's ``expect["edge trajectory"]``, its sharpness
 a(t) followed by the stability monitor: progressive sharpening that ends at 2/η. After the first
 check where a(t) ≥ 0.95·2/η, a(t) stays within [0.9, 1.02]·2/η (figure ``edge.png``).
+
+Diverged runs. A GD run whose training diverged is no solution: the profile leaves it out of every grid by
+name (``Profile.diverged``, with what was measured), and the mean case of its (setup, η) checks it: it did
+diverge, and it started beyond the edge, a(x0)·η/2 > 1 at its initialisation (where the GD criterion
+promises nothing).
 """
 import math
 import statistics
 
 import pytest
 
+import stabcheck
 from claims.measured import require_minimum
 from claims.suite import case_id
 from claims.trends import mean_outside, only_edge_of_stability, paper_agreement, sharpest_found, standard_error
 from claims.kinds import MINIMUM
+from stabcheck.curvature.threads import measurement_threads
 from stabcheck.experiments.minima import build_for, dataset_for
 from stabcheck.experiments.monitor import StabilityMonitor
 from stabcheck.experiments.train import train
@@ -123,13 +130,17 @@ def test_gd_solution_at_the_edge(claim, suite, measured_minimum, run_minima, gd_
 
 @pytest.mark.claim("C5")
 @pytest.mark.cases(gd_group=setting_groups)
-def test_mean_sharpness_per_learning_rate(claim, suite, measured_minimum, run_minima, gd_group):
+def test_mean_sharpness_per_learning_rate(claim, suite, measured_minimum, run_minima, minima_cache, device,
+                                          gd_group):
     """The paper's table: mean a over seeds at each η; its a·η/2 ≤ 1.02, within [0.96, 1.02] in the edge
     regime (the VGG: [0.90, 1.02]), ≤ 0.75 where landscape-limited, each up to 3 standard errors of the mean
     (seed sd/√k: the bounds are on the true mean); where the paper gives the mean (its own setting), ours agrees
-    with it within 3 standard errors of the difference of the two means, or 5% (``claims.trends.paper_agreement``)."""
+    with it within 3 standard errors of the difference of the two means, or 5% (``claims.trends.paper_agreement``).
+    A run of this (setup, η) left out as diverged did diverge, from a(x0)·η/2 > 1."""
     minima = claim.measure(lambda: [measured_minimum(c) for c in gd_group])
     c0 = gd_group[0]
+    diverged = [c for c in suite.profile.diverged_configs() if (c.setup.name, c.lr) == (c0.setup.name, c0.lr)]
+    starts = {case_id(c): diverged_start(suite, minima_cache, device, c) for c in diverged}
     kind, sharpest, conflict = regime(suite, measured_minimum, run_minima, c0.lr, c0.setup.name)
     floor, ceiling = bounds_for(suite, "mean", kind, c0.setup.name)
     mean_a = statistics.fmean(m.a.value for m in minima)
@@ -145,17 +156,38 @@ def test_mean_sharpness_per_learning_rate(claim, suite, measured_minimum, run_mi
                   "a per seed": Kind.SHARPNESS([m.a.value for m in minima]),
                   "mean s": Kind.NONUNIFORMITY(statistics.fmean(m.s.value for m in minima)),
                   "regime": kind, "sharpest GD minimum at smaller lr": Kind.SHARPNESS(sharpest),
-                  **(agreement.entries() if agreement else {})},
+                  **(agreement.entries() if agreement else {}),
+                  **({"left out, diverged: status": [st for st, _, _ in starts.values()],
+                      "left out, diverged: a eta/2 at initialisation": Kind.RATIO([q for _, q, _ in starts.values()])}
+                     if starts else {})},
         expected={"2/eta": 2 / c0.lr, "paper mean a": paper, "mean a eta/2 at most": ceiling,
-                  "mean a eta/2 at least": floor, "standard errors allowed": spread},
+                  "mean a eta/2 at least": floor, "standard errors allowed": spread,
+                  **({"left out, diverged (a eta/2 at initialisation above 1)": list(starts)} if starts else {})},
         headline=[{"what": f"{c0.setup.name} mean a at lr={c0.lr:g}", "ours": mean_a, "paper": paper}],
         minima=[m.point() for m in minima], grids=suite.describe())
     for m in minima:
         require_minimum(m)
+    for label, (status, start, converged) in starts.items():
+        assert status == "diverged", (f"{label} is declared diverged (Profile.diverged) but its training ended "
+                                      f"{status!r}: put it back in the grid")
+        assert converged and start > 1.0, (f"{label} diverged from a(x0)·η/2 = {start:.3f} (solve converged: "
+                                           f"{converged}), not from beyond the edge")
     assert not conflict, f"η = {c0.lr:g}: {conflict}"
     assert agreement is None or agreement.holds, agreement.message()
     outside = mean_outside(ratio, error, floor, ceiling, spread)
     assert not outside, f"η = {c0.lr:g} ({kind}): mean a = {mean_a:.4g}, mean a·η/2 = {outside}"
+
+
+def diverged_start(suite, minima_cache, device, config) -> tuple[str, float, bool]:
+    """(training status, a(x0)·η/2 at the initialisation, whether that solve converged) of a declared diverged
+    run; trains it where the cache lacks it (it diverges within iterations)."""
+    run, how = minima_cache.get(config), suite.profile.measurement
+    data = dataset_for(config, minima_cache.data_dir)
+    problem = stabcheck.Problem(build_for(config, data).eval(), data.inputs, data.targets(config.setup.loss),
+                                loss=config.setup.loss, device=device)
+    with measurement_threads(device):
+        a0 = stabcheck.sharpness(problem, tol=how.tol, maxiter=how.maxiter, seed=suite.base_seed)
+    return run.status, a0.value * config.lr / 2, a0.converged
 
 
 @pytest.mark.claim("C5")

@@ -75,7 +75,9 @@ def test_paper_profile_is_the_papers_settings():
         ("fashion_mnist", 1000, (500, 500, 500), 1e-4, "mse")
     assert (vgg.dataset, vgg.n, vgg.model, vgg.tol) == ("cifar10", 1000, "vgg", 1e-4)
     fnn_gd = [c for c in p.configs("C5") if c.setup.name == "fnn"]
-    assert {c.lr for c in fnn_gd} >= {0.01, 0.05, 0.1, 0.5, 1.0, 5.0} and len({c.seed for c in fnn_gd}) == 5
+    # three GD seeds per η where the paper averages five: the C5 plan's choice for a CPU (GD η = 0.5 costs 10 min a
+    # seed); the agreement with the paper's means allows for the scatter of a 3-seed mean
+    assert {c.lr for c in fnn_gd} >= {0.01, 0.05, 0.1, 0.5, 1.0, 5.0} and len({c.seed for c in fnn_gd}) == 3
     assert {None if c.is_gd else c.batch_size for c in p.configs("C6")} >= {10, 100, None}
 
 

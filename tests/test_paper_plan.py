@@ -137,3 +137,14 @@ def test_settings_table_puts_each_setting_beside_the_papers_numbers_once_per_min
     assert lines[2].startswith("| fnn SGD η = 0.1, B = 10 | 2 | 8.5 ± 0.707 / 7.9 | 21 ± 1.41 / 20.7 |")
     assert "1.5 (2/2)" in lines[2] and lines[2].endswith("| 100 | 5 |")
     assert lines[3].startswith("| vgg GD η = 0.5 | 1 | 3.9 / 3.64 | 50 / – | 0.975 | – | 2.1 (0/1) |")
+
+
+def test_a_declared_diverged_run_is_left_out_of_every_grid_and_named():
+    paper = profile("paper")
+    (diverged,) = paper.diverged_configs()
+    assert (diverged.setup.name, diverged.lr, diverged.is_gd, diverged.seed) == ("vgg", 0.5, True, 2)
+    assert diverged not in paper.configs() and diverged.with_(seed=1) in paper.configs("C5")
+    assert diverged.with_(batch_size=50) in paper.configs("C3")   # only the GD run is left out
+    described = Suite(paper, 0, None).describe()["left out (diverged)"]
+    assert list(described) == ["vgg-lr=0.5-B=n-seed=2"] and "diverged" in described["vgg-lr=0.5-B=n-seed=2"]
+    assert "left out (diverged)" not in Suite(profile("small"), 0, None).describe()
