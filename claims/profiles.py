@@ -400,6 +400,17 @@ def _small() -> Profile:
                    paper_note="paper setting differs (n=100, FNN 784-50-50-10)")
 
 
+#: A measured disagreement with the paper's VGG numbers, declared where it makes a claim's case fail (C5's mean
+#: agreement, C8's correlation over the CPU grid): the case then is an expected failure naming it, and only where
+#: everything else the case asserts holds.
+VGG_GD_HALF = ("vgg", 0.5, None)
+VGG_GD_HALF_FINDING = (
+    "the VGG's GD minima at η = 0.5 are sharper and far less uniform than the paper's: seed 0 a = 3.967, s = 50.1 "
+    "(the paper's means 3.64 and 20; s/a 12.6 against the paper's 5.5 and our SGD minima's 2.1-3.1); s checked by "
+    "two Σ engines (factored 50.0955, per-sample vmap 50.0955). Every seed starts beyond the edge here, a(x0)·η/2 "
+    "= 1.7-2.4, and reaches its minimum through a catapult (seed 2 diverged); the authors' initialisation may not")
+
+
 def _paper() -> Profile:
     fnn = Setup("fnn", "fashion_mnist", 1000, "fnn", (("widths", (500, 500, 500)),), tol=1e-4, max_iters=200_000)
     vgg = Setup("vgg", "cifar10", 1000, "vgg", (), tol=1e-4, max_iters=200_000, data_options=(("allow_jpeg", True),))
@@ -431,6 +442,7 @@ def _paper() -> Profile:
                        "every η, 0.01 included (198.9 vs 200): none of its η is declared"),
                        "edge trajectory": Declared(("fnn", 0.5, 50), "(setup, η, checks every k iterations): GD at "
                        "η = 0.5, 10 min on one core (η = 0.1 takes hours)"),
+                       "disagrees with the paper": Declared({VGG_GD_HALF: VGG_GD_HALF_FINDING}, "measured"),
                        "edge of stability": Declared(1.5, "at the paper's FNN GD runs at the edge of stability (Cohen "
                        "et al. 2021): a(t) rises past 2/η and hovers above it while the loss falls, and settles at "
                        "0.95-0.96·2/η only near the end. Measured: η = 1 from a·η/2 = 0.29 at initialisation to "
@@ -457,7 +469,8 @@ def _paper() -> Profile:
                           Grid("fnn", (0.5, 1.0, 5.0), (None,), three),
                           Grid("vgg", (0.1,), (10, 100), seeds), Grid("vgg", (0.5,), (50,), seeds),
                           Grid("vgg", (0.5,), (None,), three)),
-                   thresholds={"min r": MIN_R_PAPER}),
+                   thresholds={"min r": MIN_R_PAPER},
+                   expect={"disagrees with the paper": Declared({VGG_GD_HALF: VGG_GD_HALF_FINDING}, "measured")}),
         # The authors restart from GD η = 0.1, hours of training on a CPU; GD η = 1 (a ≈ 1.92, s ≈ 7.65, 4-12
         # minutes on one core) keeps their design. GD: η′ = 1.5 (2/η′ = 1.33 < a) leaves, η′ = 0.5 keeps. SGD
         # η′ = 0.5: B′ = 5 breaks only the s side (bound 4.5, 1.7×): the loss rose 300× within 100 iterations

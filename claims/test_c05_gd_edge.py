@@ -173,9 +173,19 @@ def test_mean_sharpness_per_learning_rate(claim, suite, measured_minimum, run_mi
         assert converged and start > 1.0, (f"{label} diverged from a(x0)·η/2 = {start:.3f} (solve converged: "
                                            f"{converged}), not from beyond the edge")
     assert not conflict, f"η = {c0.lr:g}: {conflict}"
-    assert agreement is None or agreement.holds, agreement.message()
     outside = mean_outside(ratio, error, floor, ceiling, spread)
     assert not outside, f"η = {c0.lr:g} ({kind}): mean a = {mean_a:.4g}, mean a·η/2 = {outside}"
+    finding = declared_disagreement(suite, "C5", c0)
+    if agreement is not None and not agreement.holds and finding:
+        pytest.xfail(f"declared disagreement with the paper: {agreement.message()}; {finding}")
+    assert agreement is None or agreement.holds, agreement.message()
+
+
+def declared_disagreement(suite, claim: str, config) -> str | None:
+    """The finding a claim's plan declares for this config's (setup, η, B or None for GD), if any."""
+    declared = suite.plan(claim).expect.get("disagrees with the paper")
+    key = (config.setup.name, config.lr, None if config.is_gd else config.batch_size)
+    return declared.value.get(key) if declared is not None else None
 
 
 def diverged_start(suite, minima_cache, device, config) -> tuple[str, float, bool]:

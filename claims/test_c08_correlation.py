@@ -8,7 +8,9 @@ solutions). Where the C8 plan lists grids of its own (paper scale: the grid a CP
 η left out), one more case per family correlates over those.
 
 Threshold (``claims/profiles.py``, per scale): r ≥ 0.95 at paper scale (the paper's value); r ≥ 0.9
-at small scale (fewer and smaller nets). The range of s/a is reported, not asserted.
+at small scale (fewer and smaller nets). The range of s/a is reported, not asserted. Where the plan declares
+a measured disagreement with the paper for a setting (``expect["disagrees with the paper"]``) and r misses
+the threshold, the case is an expected failure naming it only if r over the other minima meets it.
 """
 from dataclasses import replace
 
@@ -61,4 +63,19 @@ def test_sharpness_and_nonuniformity_correlate(claim, suite, measured_minimum, f
                  minima=[m.point() for m in minima], grids=suite.describe())
     for m in minima:
         require_minimum(m)
+    declared = suite.plan("C8").expect.get("disagrees with the paper")
+    findings = declared.value if declared is not None else {}
+    found = {key: f for key, f in findings.items() if any(setting(m.config) == key for m in minima)}
+    if r < min_r and found:
+        rest = [m for m in minima if setting(m.config) not in found]
+        r_rest = float(stats.pearsonr([m.a.value for m in rest], [m.s.value for m in rest]).statistic)
+        assert r_rest >= min_r, (f"r(a, s) = {r:.4f} < {min_r} over {len(minima)} solutions, and {r_rest:.4f} "
+                                 f"without the declared disagreement's {len(minima) - len(rest)}")
+        pytest.xfail(f"declared disagreement with the paper: r(a, s) = {r:.4f} < {min_r} over {len(minima)} "
+                     f"solutions, {r_rest:.4f} over the {len(rest)} others; " + "; ".join(found.values()))
     assert r >= min_r, f"r(a, s) = {r:.4f} < {min_r} over {len(minima)} solutions"
+
+
+def setting(config) -> tuple:
+    """(setup, η, B or None for GD): the key of a declared disagreement."""
+    return config.setup.name, config.lr, None if config.is_gd else config.batch_size
