@@ -119,9 +119,14 @@ def test_heavy_ball_gd_mean_sharpness(claim, suite, measured_minimum, run_minima
 @pytest.mark.claim("C14")
 @pytest.mark.cases(sgd_momentum_configs=sgd_momentum_groups)
 def test_sgd_sharpness_and_nonuniformity_fall_with_momentum(claim, suite, measured_minimum, sgd_momentum_configs):
-    """Mean a and mean s fall with each larger μ; Kendall τ(μ, ·) < 0 at one-sided level 0.05."""
+    """Mean a and mean s fall with each larger μ; Kendall τ(μ, ·) < 0 at one-sided level 0.05. A run the plan
+    declares not a minimum (``expect["not a minimum"]``, measured) that indeed fails the minimum rule makes the
+    case an expected failure naming it, only where the trend holds over the other minima."""
     alpha = suite.threshold("C14", "alpha")
     minima = claim.measure(lambda: [measured_minimum(c) for c in sgd_momentum_configs])
+    declared = suite.plan("C14").expect.get("not a minimum")
+    findings = {label: finding for label, finding in (declared.value if declared else {}).items()
+                if label in {case_id(m.config) for m in minima} and not is_minimum(minima, label)}
     momenta = sorted({m.config.momentum for m in minima})
     measured, failures = monotone_trend(minima, "momentum", rising=False, alpha=alpha)
     lr = sgd_momentum_configs[0].lr
@@ -129,6 +134,24 @@ def test_sgd_sharpness_and_nonuniformity_fall_with_momentum(claim, suite, measur
                                               "2(1+mu)/eta per mu": [2 * (1 + mu) / lr for mu in momenta]},
                  minima=[m.point() for m in minima], grids=suite.describe(),
                  note="theorem1 in the minima is plain SGD's (mu = 0), for reference")
+    if findings:
+        rest = [m for m in minima if case_id(m.config) not in findings]
+        for m in rest:
+            require_minimum(m)
+        _, rest_failures = monotone_trend(rest, "momentum", rising=False, alpha=alpha)
+        assert not rest_failures, "; ".join(rest_failures) + f" (over the minima other than {list(findings)})"
+        pytest.xfail("declared, not a minimum: " + "; ".join(f"{k}: {v}" for k, v in findings.items())
+                     + f"; over the other {len(rest)} minima the trend holds" + (f" ({'; '.join(failures)} with it)"
+                                                                                 if failures else ""))
     for m in minima:
         require_minimum(m)
     assert not failures, "; ".join(failures)
+
+
+def is_minimum(minima, label: str) -> bool:
+    """Whether the measured minimum of this label passes :func:`require_minimum`."""
+    try:
+        require_minimum(next(m for m in minima if case_id(m.config) == label))
+    except AssertionError:
+        return False
+    return True
