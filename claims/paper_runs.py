@@ -4,7 +4,7 @@ A plan too long for one sitting (``scripts/paper_cpu.sh``) runs as budgeted pyte
 writing its own report folder under one root; the minima they train stay in the minima cache, so a
 later invocation resumes. This module makes the single report of every case that has run:
 
-    python -m claims.paper_runs merge OUT RUN [RUN ...]      # claims.json, claims.md, figures in OUT
+    python -m claims.paper_runs merge OUT RUN [RUN ...] [--collected IDS]   # claims.json, claims.md, figures
     python -m claims.paper_runs pending RUN [RUN ...] < ids  # the node ids (one a line) no RUN has run
     python -m claims.paper_runs settings REPORT               # per trained setting: ours beside the paper's
 
@@ -36,13 +36,17 @@ def load(folder: Path) -> dict:
             "benchmarks": data.get("benchmarks") or [], "stopped": data.get("stopped") or ""}
 
 
-def merge(runs: list[Path]) -> tuple[list[dict], list[dict], list[dict], str, dict[str, int]]:
+def merge(runs: list[Path], collected: set[str] | None = None
+          ) -> tuple[list[dict], list[dict], list[dict], str, dict[str, int]]:
     """(rows, benchmarks, cases, stopped, cases taken per run) of the runs, each case from the latest run
-    that ran it (else the latest that listed it)."""
+    that ran it (else the latest that listed it); with ``collected`` (the node ids the plan has now), only
+    those: a case an earlier plan had (e.g. a run left out since) is dropped with its rows."""
     chosen: dict[str, tuple[str, dict]] = {}   # node id -> (run, case)
     reports = {str(run): load(run) for run in runs}
     for run, report in reports.items():
         for case in report["cases"]:
+            if collected is not None and case["test"] not in collected:
+                continue
             earlier = chosen.get(case["test"])
             if case["outcome"] in RAN or earlier is None or earlier[1]["outcome"] not in RAN:
                 chosen[case["test"]] = (run, case)
@@ -58,9 +62,9 @@ def merge(runs: list[Path]) -> tuple[list[dict], list[dict], list[dict], str, di
     return rows, benchmarks, cases, stopped, taken
 
 
-def write_merged(out: Path, runs: list[Path]) -> Path:
-    """Write the merged claims.json, claims.md, runs.json and figures into ``out``."""
-    rows, benchmarks, cases, stopped, taken = merge(runs)
+def write_merged(out: Path, runs: list[Path], collected: set[str] | None = None) -> Path:
+    """Write the merged claims.json, claims.md, runs.json and figures into ``out`` (``collected``: see merge)."""
+    rows, benchmarks, cases, stopped, taken = merge(runs, collected)
     folder = write_report(Path(out), rows, benchmarks, cases, stopped)
     write_atomic(folder / "runs.json", json.dumps({"runs": taken}, indent=1))
     from stabcheck.reporting.figures import draw_all
@@ -127,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     m = sub.add_parser("merge", help="one report of every case the runs ran")
     m.add_argument("out", type=Path)
     m.add_argument("runs", type=Path, nargs="+")
+    m.add_argument("--collected", type=Path, help="a file of the node ids the plan collects now (one a line): "
+                                                  "cases of earlier plans outside it are dropped")
     p = sub.add_parser("pending", help="the node ids on stdin that none of the runs ran")
     p.add_argument("runs", type=Path, nargs="*")
     t = sub.add_parser("settings", help="a markdown table per trained setting of a report, ours beside the paper's")
@@ -134,7 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "merge":
-            folder = write_merged(args.out, args.runs)
+            collected = None
+            if args.collected is not None:
+                try:
+                    collected = {line.strip() for line in args.collected.read_text().splitlines() if line.strip()}
+                except OSError as err:
+                    raise ReportError(f"cannot read --collected {args.collected}: {err}") from None
+            folder = write_merged(args.out, args.runs, collected)
             print(f"[paper_runs] merged {len(args.runs)} run(s) into {folder}")
         elif args.command == "settings":
             print(settings_table(load(args.report)["rows"]), end="")

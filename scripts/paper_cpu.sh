@@ -8,7 +8,8 @@
 # ResidualFNN), or all (default). Each invocation runs the cases of PART that no earlier run under
 # $PAPER_REPORT/runs/ has run (cheapest claims first; the run stops cleanly when BUDGET is spent),
 # writes that run's report to $PAPER_REPORT/runs/run-<time>/, then merges every run there into
-# $PAPER_REPORT (claims.json, claims.md, figures; python -m claims.paper_runs). So rerunning resumes,
+# $PAPER_REPORT (claims.json, claims.md, figures; python -m claims.paper_runs), keeping only the cases the
+# plan collects now. So rerunning resumes,
 # and the top-level report holds every case that has run. Minima live in the minima cache
 # ($STABCHECK_CACHE_DIR, default ~/.cache/stabcheck/minima), outside the work tree: a new checkout
 # resumes from it too. Delete a run folder to run its cases again.
@@ -39,8 +40,10 @@ python=${STABCHECK_VENV:-$root/.venv}/bin/python
 report=$(mkdir -p "${PAPER_REPORT:-$root/reports/paper-cpu}" && cd "${PAPER_REPORT:-$root/reports/paper-cpu}" && pwd)
 mkdir -p "$report/runs"
 mapfile -t earlier < <(find "$report/runs" -mindepth 2 -maxdepth 2 -name claims.json -printf '%h\n' | sort)
-mapfile -t cases < <("$python" -m pytest claims/ --scale paper --collect-only -q -p no:cacheprovider \
-                     | grep '^claims/' | grep -Evf "$root/scripts/gpu_only.regex" | keep \
+collected=$(mktemp)
+trap 'rm -f "$collected"' EXIT
+"$python" -m pytest claims/ --scale paper --collect-only -q -p no:cacheprovider | grep '^claims/' > "$collected"
+mapfile -t cases < <(grep -Evf "$root/scripts/gpu_only.regex" "$collected" | keep \
                      | "$python" -m claims.paper_runs pending "${earlier[@]}")
 echo "[paper_cpu] part $part: ${#cases[@]} paper-scale cases not yet run (${#earlier[@]} earlier runs), budget $budget"
 status=0
@@ -52,5 +55,5 @@ if [ ${#cases[@]} -gt 0 ]; then
   echo "[paper_cpu] run $(basename "$run"): wall time $(( $(date +%s) - start )) s, pytest exit status $status"
   [ -f "$run/claims.json" ] && earlier+=("$run")
 fi
-[ ${#earlier[@]} -gt 0 ] && "$python" -m claims.paper_runs merge "$report" "${earlier[@]}"
+[ ${#earlier[@]} -gt 0 ] && "$python" -m claims.paper_runs merge "$report" "${earlier[@]}" --collected "$collected"
 exit "$status"

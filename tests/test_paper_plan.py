@@ -86,6 +86,13 @@ def test_merge_takes_each_case_from_the_latest_run_that_ran_it(tmp_path):
     assert paper_runs.pending([c["test"] for c in cases], [first, second]) == ["claims/t.py::t[c]"]
 
 
+def test_merge_drops_cases_the_plan_no_longer_collects(tmp_path):
+    first = _run(tmp_path / "run-1", [_case("a", "passed"), _case("gone", "not run"), _case("old", "passed")])
+    rows, _, cases, stopped, _ = paper_runs.merge([first], collected={"claims/t.py::t[a]"})
+    assert [c["case"] for c in cases] == ["a"] and [r["case"] for r in rows] == ["a"] and stopped == ""
+    assert {c["case"] for c in paper_runs.merge([first])[2]} == {"a", "gone", "old"}
+
+
 def test_merged_report_is_one_report(tmp_path):
     first = _run(tmp_path / "run-1", [_case("a", "passed")])
     second = _run(tmp_path / "run-2", [_case("b", "failed", "C6")])
