@@ -29,6 +29,11 @@ def case_id(config: MinimumConfig) -> str:
     return config.label
 
 
+def setting_of(config: MinimumConfig) -> tuple:
+    """(setup, η, B or None for GD): the key of a plan's declaration about one setting."""
+    return config.setup.name, config.lr, None if config.is_gd else config.batch_size
+
+
 def minima_in(value: Any) -> Iterator[MinimumConfig]:
     """The :class:`MinimumConfig` objects inside a case's value (nested in tuples, lists or dicts)."""
     if isinstance(value, MinimumConfig):

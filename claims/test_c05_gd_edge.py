@@ -39,7 +39,7 @@ import pytest
 
 import stabcheck
 from claims.measured import require_minimum
-from claims.suite import case_id
+from claims.suite import case_id, setting_of
 from claims.trends import mean_outside, only_edge_of_stability, paper_agreement, sharpest_found, standard_error
 from claims.kinds import MINIMUM
 from stabcheck.curvature.threads import measurement_threads
@@ -184,8 +184,7 @@ def test_mean_sharpness_per_learning_rate(claim, suite, measured_minimum, run_mi
 def declared_disagreement(suite, claim: str, config) -> str | None:
     """The finding a claim's plan declares for this config's (setup, η, B or None for GD), if any."""
     declared = suite.plan(claim).expect.get("disagrees with the paper")
-    key = (config.setup.name, config.lr, None if config.is_gd else config.batch_size)
-    return declared.value.get(key) if declared is not None else None
+    return declared.value.get(setting_of(config)) if declared is not None else None
 
 
 def diverged_start(suite, minima_cache, device, config) -> tuple[str, float, bool]:

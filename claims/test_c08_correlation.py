@@ -18,6 +18,7 @@ import pytest
 from scipy import stats
 
 from claims.measured import require_minimum
+from claims.suite import setting_of
 from stabcheck.reporting.rows import Kind
 
 pytestmark = pytest.mark.slow  # trains nets on a cold cache (minutes on the CI CPU)
@@ -65,17 +66,12 @@ def test_sharpness_and_nonuniformity_correlate(claim, suite, measured_minimum, f
         require_minimum(m)
     declared = suite.plan("C8").expect.get("disagrees with the paper")
     findings = declared.value if declared is not None else {}
-    found = {key: f for key, f in findings.items() if any(setting(m.config) == key for m in minima)}
+    found = {key: f for key, f in findings.items() if any(setting_of(m.config) == key for m in minima)}
     if r < min_r and found:
-        rest = [m for m in minima if setting(m.config) not in found]
+        rest = [m for m in minima if setting_of(m.config) not in found]
         r_rest = float(stats.pearsonr([m.a.value for m in rest], [m.s.value for m in rest]).statistic)
         assert r_rest >= min_r, (f"r(a, s) = {r:.4f} < {min_r} over {len(minima)} solutions, and {r_rest:.4f} "
                                  f"without the declared disagreement's {len(minima) - len(rest)}")
         pytest.xfail(f"declared disagreement with the paper: r(a, s) = {r:.4f} < {min_r} over {len(minima)} "
                      f"solutions, {r_rest:.4f} over the {len(rest)} others; " + "; ".join(found.values()))
     assert r >= min_r, f"r(a, s) = {r:.4f} < {min_r} over {len(minima)} solutions"
-
-
-def setting(config) -> tuple:
-    """(setup, η, B or None for GD): the key of a declared disagreement."""
-    return config.setup.name, config.lr, None if config.is_gd else config.batch_size

@@ -7,8 +7,8 @@ flatter minimum generalises better**; reports may show test accuracy.
 
 This module records what a reader wants to see beside the paper's remark: the test accuracy of the
 minima of the C10 plan's grid (``claims/profiles.py``; a plan without one takes C6's) at the smallest
-batch size and of GD at the same η, seed by seed, and their difference, which is reported, never judged. The paper gives no number
-for that difference, so no bound on it can be justified. The one assertion is sanity, that the
+batch size and of GD at the same η, seed by seed, and their difference, which is reported, never judged.
+The paper gives no number for that difference, so no bound on it can be justified. The one assertion is sanity, that the
 evaluation measures something: each minimum's test accuracy lies above chance (1/K for K classes) by
 a one-sided binomial test at level 0.01 over the test set.
 """
