@@ -7,7 +7,9 @@ training loss, then re-converges to a flatter minimum inside the new box; if x* 
 nothing happens.
 
 The prediction uses a and s measured at the restart point (the start minimum), with Theorem 1 at
-(η′, B′) beside them: outside the box its value must exceed 1 (both of its terms are PSD), so its
+(η′, B′) beside them, in the form the profile measures its minima in (the full form, or the sample
+form where ``Measurement.full_theorem1`` is off, as at paper scale, where the full form cannot converge):
+outside the box λmax(T) must exceed 1 (both of its terms are PSD; in the sample form μ > 2), so its
 verdict, from a converged solve, is "not certified"; inside, Theorem 1 may still exceed 1, being
 sufficient only. Each restart runs the C9 plan of the scale (``claims/profiles.py``): the stability
 monitor measures the sharpness every ``every`` iterations (every solve must converge), the test the
@@ -26,8 +28,8 @@ by ``claims.measured.measure``, as every trained minimum is.
 * Predicted stable: the sharpness stays within ±10% of its start for ``stable_iters`` iterations.
 
 The thresholds and the reason for each are in the C9 plan (``claims/profiles.py``); small scale
-restarts SGD with B′ = 1, whose s side the start minimum breaks by the factor of the paper plan's
-B′ = 4 at n = 1000.
+restarts SGD with B′ = 1, whose s side the start minimum breaks by about the factor of the paper plan's
+B′ = 2 at n = 1000.
 """
 import dataclasses
 import math
@@ -42,6 +44,7 @@ import stabcheck
 from claims.measured import MeasuredMinimum, measure, require_minimum, theorem1_entries
 from claims.suite import case_id
 from stabcheck.curvature.criteria import NOT_CERTIFIED
+from stabcheck.curvature.results import FULL
 from stabcheck.curvature.threads import measurement_threads
 from stabcheck.experiments.monitor import StabilityMonitor
 from stabcheck.experiments.train import full_loss, train
@@ -170,11 +173,13 @@ def new_minimum(traj: Trajectory, m, lr: float, batch_size: int, how, seed: int,
 
 
 def restart_point(suite, m, lr: float, batch_size: int, device: str) -> dict:
-    """What predicts the restart, measured at the start minimum: a, s, the new box and Theorem 1 at (η′, B′)."""
+    """What predicts the restart, measured at the start minimum: a, s, the new box and Theorem 1 at (η′, B′), in
+    the full form, or where the profile skips it (``Measurement.full_theorem1``) the form ``"auto"`` picks."""
     how = suite.profile.measurement
     with measurement_threads(device):
-        t1 = stabcheck.theorem1(m.minimum.problem(device=device), lr=lr, batch_size=batch_size, form="full",
-                                tol=how.tol, maxiter=how.maxiter, seed=suite.base_seed, sharpness=m.a)
+        t1 = stabcheck.theorem1(m.minimum.problem(device=device), lr=lr, batch_size=batch_size,
+                                form="full" if how.full_theorem1 else "auto", tol=how.tol, maxiter=how.maxiter,
+                                seed=suite.base_seed, sharpness=m.a)
     a0, s0 = m.a.value, m.s.value
     a_side, s_side = stabcheck.sharpness_bound(lr), stabcheck.nonuniformity_bound(lr, batch_size, m.config.setup.n)
     return {"t1": t1, "a0": a0, "s0": s0, "a_side": a_side, "s_side": s_side,
@@ -215,11 +220,18 @@ def _window(traj: Trajectory, threshold: float, iters: int) -> tuple[int | None,
 def _row(m, point, prediction: str, iters: int, traj: Trajectory) -> tuple[dict, dict]:
     """The measured and expected entries both kinds of restart record."""
     measured = {"a at restart": point["a0"], "s at restart": point["s0"],
-                **{f"{k} at (lr', B')": v for k, v in theorem1_entries(point["t1"]).items()},
+                **{f"{k} at (lr', B')": v for k, v in restart_theorem1_entries(point["t1"]).items()},
                 "outside new box": point["outside"], "trajectory sharpness converged": all(traj.sharp_converged),
                 "final a in window": traj.sharpness[-1]}
     expected = {"2/eta'": point["a_side"], "s bound'": point["s_side"], "prediction": prediction, "iterations": iters}
     return measured, expected
+
+
+def restart_theorem1_entries(t1) -> dict:
+    """Theorem 1's row entries at (η′, B′): the full form's, or μ's (and λmax(T_GN) as "theorem1")."""
+    if t1.form == FULL:
+        return theorem1_entries(t1)
+    return {"theorem1": t1.value, **theorem1_entries(None, t1)}
 
 
 def _check_trajectory(label: str, traj: Trajectory, iters: int, t1) -> None:
@@ -278,7 +290,7 @@ def check_unstable_restart(claim, suite, m, lr: float, batch_size: int, point: d
                               f"point a = {a0:.4g} ≤ 2/η′ = {a_side:.4g} and s = {point['s0']:.4g} ≤ s bound "
                               f"{s_side:.4g}")
     assert t1.verdict == NOT_CERTIFIED, (f"outside the box but Theorem 1 = {t1.value:.4g} gives the verdict "
-                                         f"{t1.verdict!r}: its value must exceed 1 there")
+                                         f"{t1.verdict!r} ({t1.form} form): it must exceed 1 there")
     assert t_leave is not None, (f"{label} did not leave within {iters} iterations: a went {a0:.4g} → "
                                  f"min {min(traj.sharpness):.4g}, never below {threshold:.4g}")
     assert rise >= loss_rise, (f"{label}: the loss rose only {rise:.3g}× (to {window[t_peak]:.3g} from "

@@ -16,29 +16,55 @@ def sharpest_found(minima: list[MeasuredMinimum]) -> float:
     return max((m.a.value for m in minima), default=0.0)
 
 
-def monotone_trend(minima: list[MeasuredMinimum], setting: str, rising: bool, alpha: float) -> tuple[dict, list[str]]:
+def monotone_trend(minima: list[MeasuredMinimum], setting: str, rising: bool, alpha: float,
+                   plateaus: frozenset = frozenset(), no_growth: float = 1.0) -> tuple[dict, list[str]]:
     """Means of a and s per value of a config attribute (``batch_size``, ``momentum``) and Kendall τ.
 
     The claim holds when both means move strictly in one direction (``rising``: they grow with the
-    setting) and the one-sided Kendall test rejects "no trend" at ``alpha``. Returns the measured
-    entries for the report row and the failures, empty when the claim holds.
+    setting) and the one-sided Kendall test rejects "no trend" at ``alpha``. ``plateaus`` names consecutive
+    values (x, y) where the claim expects no move (:func:`edge_plateaus`): there the means may move against
+    the claim by the factor ``no_growth`` at most, and Kendall's τ counts both values as one. Returns the
+    measured entries for the report row and the failures, empty when the claim holds.
     """
     levels = sorted({getattr(m.config, setting) for m in minima})
+    rank = {levels[0]: 0}
+    for x, y in zip(levels, levels[1:]):
+        rank[y] = rank[x] + ((x, y) not in plateaus)
     direction = "grows" if rising else "falls"
     measured, failures = {}, []
     for q in ("a", "s"):
         values = [m.a.value if q == "a" else m.s.value for m in minima]
         means = [statistics.fmean(v for m, v in zip(minima, values) if getattr(m.config, setting) == x) for x in levels]
-        tau = stats.kendalltau([getattr(m.config, setting) for m in minima], values,
+        tau = stats.kendalltau([rank[getattr(m.config, setting)] for m in minima], values,
                                alternative="greater" if rising else "less")
         kind = Kind.SHARPNESS if q == "a" else Kind.NONUNIFORMITY
         measured |= {f"mean {q} per {setting}": kind(means), f"kendall tau ({setting}, {q})": Kind.CORRELATION(
                      float(tau.statistic)), f"p ({q} {direction} with {setting})": Kind.P_VALUE(float(tau.pvalue))}
-        if not all((x < y) if rising else (x > y) for x, y in zip(means, means[1:])):
-            failures.append(f"mean {q} does not move with {setting} as claimed: {levels} → {[round(x, 4) for x in means]}")
+        for (x, y), (low, high) in zip(zip(levels, levels[1:]), zip(means, means[1:])):
+            first, second = (low, high) if rising else (high, low)
+            if (x, y) in plateaus:
+                if first > no_growth * second:
+                    failures.append(f"mean {q} at {setting} = {x if rising else y} is {first:.4g}, more than "
+                                    f"{no_growth}× its {second:.4g} at {y if rising else x}, where no move is expected")
+            elif not first < second:
+                failures.append(f"mean {q} does not move with {setting} as claimed between {x} and {y}: "
+                                f"{low:.4g} → {high:.4g}")
         if not tau.pvalue < alpha:
             failures.append(f"{q}: Kendall τ = {tau.statistic:.3f}, one-sided p = {tau.pvalue:.3g} ≥ {alpha}")
+    if plateaus:
+        measured[f"{setting} pairs where no move is expected"] = sorted(plateaus)
     return measured, failures
+
+
+def edge_plateaus(minima: list[MeasuredMinimum], floor: float) -> frozenset:
+    """Consecutive batch sizes (B₁, B₂) of minima at one η where batch size cannot matter: the mean a·η/2 is
+    at least ``floor`` at both (GD's edge: the a bound binds, C5) and B₁'s s bound does not bind (the mean s at
+    B₂ lies within it, C6), so both select minima of the same box."""
+    sizes = sorted({m.config.batch_size for m in minima})
+    at = {b: [m for m in minima if m.config.batch_size == b] for b in sizes}
+    return frozenset((b1, b2) for b1, b2 in zip(sizes, sizes[1:])
+                     if min(statistics.fmean(m.edge_ratio for m in at[b]) for b in (b1, b2)) >= floor
+                     and statistics.fmean(m.s.value for m in at[b2]) <= at[b1][0].s_bound)
 
 
 def standard_error(values: list[float]) -> float:
