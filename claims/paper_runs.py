@@ -25,7 +25,7 @@ from claims.profiles import PAPER_C5, PAPER_C6
 from stabcheck.reporting.runs import load_run
 from stabcheck.reporting.report import ReportError, write_atomic, write_report
 
-RAN = ("passed", "failed", "skipped")
+RAN = ("passed", "xfailed", "failed", "skipped")
 
 
 def load(folder: Path) -> dict:

@@ -25,7 +25,7 @@ import torch
 import stabcheck
 from claims.options import suite_options
 from claims.schedule import claim_of, schedule_of
-from stabcheck.reporting.report import summarise, summary_line, write_atomic, write_report
+from stabcheck.reporting.report import XFAILED, summarise, summary_line, write_atomic, write_report
 from stabcheck.reporting.rows import ClaimRow, encode_numbers, measured_with_kinds
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,7 +145,9 @@ class ClaimReportPlugin:
             return
         if report.when == "call" or report.failed or (report.when == "setup" and report.skipped):
             case["outcome"] = "failed" if report.failed else report.outcome
-            if report.skipped:
+            if hasattr(report, "wasxfail") and report.skipped:
+                case["outcome"], case["reason"] = XFAILED, report.wasxfail   # pytest reports an xfail as a skip
+            elif report.skipped:
                 case["reason"] = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         if report.when == "call":
             for key, row in report.user_properties:

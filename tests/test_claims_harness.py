@@ -178,6 +178,39 @@ def test_interrupted_serial_run_still_writes_its_report(pytester, monkeypatch):
     assert [(s["claim"], s["verdict"]) for s in data["summary"]] == [("C1", "partial"), ("C2", "not run")]
 
 
+EXPECTED_FAILURE = '''
+import pytest
+from stabcheck.reporting.rows import Kind
+
+@pytest.mark.claim("C1")
+def test_passes(claim):
+    claim.measure(lambda: 1)
+    claim.record(measured={"x": Kind.VALUE(1)}, expected={"x": 1})
+
+@pytest.mark.claim("C1")
+def test_declared_finding(claim):
+    claim.measure(lambda: 1)
+    claim.record(measured={"x": Kind.VALUE(2)}, expected={"x": 1})
+    pytest.xfail("declared: x is 2 here, measured")
+'''
+
+
+def test_an_expected_failure_is_recorded_as_one_with_its_finding(pytester, monkeypatch):
+    """An xfail is "xfailed" with the finding as its reason, in its case and its row, not a skip; the claim
+    "passed with findings"; claims.md lists the finding."""
+    result, report = _inner_run(pytester, monkeypatch, EXPECTED_FAILURE)
+    assert result.ret == pytest.ExitCode.OK
+    data = json.loads((report / "claims.json").read_text())
+    case = next(c for c in data["cases"] if c["test"].endswith("test_declared_finding"))
+    assert (case["outcome"], case["reason"]) == ("xfailed", "declared: x is 2 here, measured")
+    assert {r["test"].split("::")[1]: r["outcome"] for r in data["rows"]} == {"test_passes": "passed",
+                                                                             "test_declared_finding": "xfailed"}
+    assert [(s["verdict"], s["passed"], s["expected failures"]) for s in data["summary"]] == \
+        [("passed with findings", 1, 1)]
+    markdown = (report / "claims.md").read_text()
+    assert "1 of 2 cases passed, 1 failed as expected" in markdown and "declared: x is 2 here, measured" in markdown
+
+
 PARALLEL = '''
 import pytest
 from stabcheck.reporting.rows import Kind

@@ -251,3 +251,16 @@ def test_reference_upgraded_to_kinds_is_standard_json_and_compares_clean(tmp_pat
     (folder / "claims.json").write_text(upgraded)
     status, out, _ = _compare(capsys, REFERENCE.parent, folder)
     assert status == 0 and "Other changes" not in out, out
+
+
+def test_an_expected_failure_recorded_as_a_skip_by_an_older_plugin_reads_as_one():
+    """The reference's C12 expected failure was written as "skipped" with pytest's traceback: it loads as
+    "xfailed", case and row, its reason the finding's message."""
+    from stabcheck.reporting.runs import load_run
+
+    run = load_run(REFERENCE.parent)
+    (test,) = [k for k, c in run.cases.items() if c["outcome"] == "xfailed"]
+    assert "test_c12_measurement.py::test_power_iteration_converges" in test
+    assert run.rows[test].outcome == "xfailed"
+    reason = run.cases[test]["reason"]
+    assert reason and "Traceback" not in reason and "XFailed" not in reason and "\n" not in reason

@@ -5,7 +5,7 @@ tolerance of their kind (:mod:`.tolerance`), cases and quantities added or missi
 changes. A value of a numeric kind that becomes non-finite, null, a string, a boolean, or a list
 holding one, has moved, whatever its tolerance (the reverse too).
 
-A regression: a case that passed and no longer passes (failed, skipped, not run), a case that newly
+A regression: a case that passed and no longer passes (xfailed, failed, skipped, not run), a case that newly
 fails, a case or a measured quantity missing from the run (a case that ran but recorded no row
 included), two rows of one test in either run, a moved number, and a verdict-like change. A
 verdict-like change in a row whose numbers all stayed within tolerance is reported as *borderline*
@@ -35,7 +35,7 @@ from .tolerance import NOT_NUMBERS, Tolerance, Tolerances
 TIME_RATIO = 2.0
 TIME_FLOOR_S = 1.0
 OUTCOME_OK = "passed"
-RAN = ("passed", "failed")
+RAN = ("passed", "xfailed", "failed")
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,9 @@ __all__ = ["ReportError", "write_atomic", "write_report", "summarise", "summary_
 
 
 NO_PAPER_NUMBER = "paper gives no number"
-OUTCOMES = ("passed", "failed", "skipped", "not run")
+#: An expected failure: the case failed as its test declares, naming a measured finding (its ``reason``).
+XFAILED = "xfailed"
+OUTCOMES = ("passed", XFAILED, "failed", "skipped", "not run")
 
 
 def write_report(folder: Path, rows: list[dict], benchmarks: list[dict], cases: list[dict] | None = None,
@@ -60,7 +62,8 @@ def cases_of(rows: list[dict]) -> list[dict]:
 
 
 def summarise(rows: list[dict], cases: list[dict]) -> list[dict]:
-    """Per claim: verdict (passed / failed / partial / not run), cases passed of total, headline figures."""
+    """Per claim: verdict (passed / passed with findings / failed / partial / not run), cases passed of total,
+    expected failures, headline figures. "passed with findings": every case passed but the expected failures."""
     by_claim: dict[str, list[dict]] = defaultdict(list)
     for c in cases:
         by_claim[c["claim"]].append(c)
@@ -71,11 +74,12 @@ def summarise(rows: list[dict], cases: list[dict]) -> list[dict]:
     summary = []
     for claim in sorted(by_claim, key=_claim_order):
         outcomes = [c["outcome"] for c in by_claim[claim]]
-        passed, total = outcomes.count("passed"), len(outcomes)
+        passed, expected, total = outcomes.count("passed"), outcomes.count(XFAILED), len(outcomes)
         verdict = ("failed" if "failed" in outcomes else "passed" if passed == total
-                   else "not run" if passed == 0 else "partial")
-        summary.append({"claim": claim, "verdict": verdict, "passed": passed, "total": total,
-                        "headline": list(figures[claim].values())})
+                   else "passed with findings" if passed + expected == total
+                   else "not run" if passed + expected == 0 else "partial")
+        summary.append({"claim": claim, "verdict": verdict, "passed": passed, "expected failures": expected,
+                        "total": total, "headline": list(figures[claim].values())})
     return summary
 
 
@@ -97,8 +101,14 @@ def summary_headline(entry: dict) -> str:
 def summary_line(entry: dict) -> str:
     """One line of the summary, e.g. ``C6: passed, 3 of 3 cases passed; a, s at B=10: ours [...], paper [...]``."""
     headline = summary_headline(entry)
-    return (f"{entry['claim']}: {entry['verdict']}, {entry['passed']} of {entry['total']} cases passed"
-            + (f"; {headline}" if headline else ""))
+    return (f"{entry['claim']}: {entry['verdict']}, {passed_text(entry)}" + (f"; {headline}" if headline else ""))
+
+
+def passed_text(entry: dict) -> str:
+    """``3 of 4 cases passed`` and, where there are any, ``, 1 expected failure``."""
+    expected = entry.get("expected failures", 0)
+    return (f"{entry['passed']} of {entry['total']} cases passed"
+            + (f", {expected} expected failure{'s' * (expected > 1)}" if expected else ""))
 
 
 def _claim_order(claim: str) -> tuple[int, str]:
@@ -129,17 +139,22 @@ def render_markdown(rows: list[dict], benchmarks: list[dict], summary: list[dict
         by_claim[r["claim"]].append(r)
     out = ["# Claim report", ""]
     passed = sum(c["outcome"] == "passed" for c in cases)
+    expected = [c for c in cases if c["outcome"] == XFAILED]
     setting = ""
     if rows:
         r0 = rows[0]
         setting = (f" Scale `{r0['scale']}`, device `{r0['device']}`, torch {r0['versions']['torch']}, "
                    f"stabcheck {r0['versions']['stabcheck']}.")
-    out += [f"{passed} of {len(cases)} cases passed.{setting}", ""]
+    out += [f"{passed} of {len(cases)} cases passed"
+            + (f", {len(expected)} failed as expected, each naming a finding (listed at the end)" if expected else "")
+            + f".{setting}", ""]
     not_run = [c for c in cases if c["outcome"] == "not run"]
     if stopped:
         out += [f"**The run stopped early: {stopped}.** {len(not_run)} cases did not run (listed at the end).", ""]
     out += ["## Summary", "", table(["claim", "verdict", "cases passed", "headline: ours vs the paper"],
-                                    [[s["claim"], s["verdict"], f"{s['passed']} of {s['total']}",
+                                    [[s["claim"], s["verdict"], f"{s['passed']} of {s['total']}" + (
+                                        f" ({s['expected failures']} expected failures)" if s.get("expected failures")
+                                        else ""),
                                       summary_headline(s) or "—"] for s in summary], markdown=True), ""]
     for claim, group in by_claim.items():
         cells = [[f"`{r['case'] or r['test'].split('::')[-1]}`", _entries(r["measured"]), _entries(r["expected"]),
@@ -151,6 +166,10 @@ def render_markdown(rows: list[dict], benchmarks: list[dict], summary: list[dict
                 table(["case", "claim", "estimated cost", "why"],
                       [[f"`{c['test']}`", c["claim"], c.get("estimate", ""), c.get("reason", "")] for c in not_run],
                       markdown=True), ""]
+    if expected:
+        out += ["## Expected failures (findings)", "",
+                table(["case", "claim", "finding"], [[f"`{c['test']}`", c["claim"], c.get("reason", "")]
+                                                     for c in expected], markdown=True), ""]
     crashed = [c for c in cases if c["outcome"] == "failed" and c.get("reason")]
     if crashed:
         out += ["## Cases that did not finish", "",
