@@ -106,9 +106,14 @@ def summary_line(entry: dict) -> str:
 
 def passed_text(entry: dict) -> str:
     """``3 of 4 cases passed`` and, where there are any, ``, 1 expected failure``."""
+    return f"{entry['passed']} of {entry['total']} cases passed" + (
+        f", {expected_text(entry)}" if entry.get("expected failures") else "")
+
+
+def expected_text(entry: dict) -> str:
+    """``1 expected failure``, ``2 expected failures``."""
     expected = entry.get("expected failures", 0)
-    return (f"{entry['passed']} of {entry['total']} cases passed"
-            + (f", {expected} expected failure{'s' * (expected > 1)}" if expected else ""))
+    return f"{expected} expected failure{'s' * (expected != 1)}"
 
 
 def _claim_order(claim: str) -> tuple[int, str]:
@@ -153,8 +158,7 @@ def render_markdown(rows: list[dict], benchmarks: list[dict], summary: list[dict
         out += [f"**The run stopped early: {stopped}.** {len(not_run)} cases did not run (listed at the end).", ""]
     out += ["## Summary", "", table(["claim", "verdict", "cases passed", "headline: ours vs the paper"],
                                     [[s["claim"], s["verdict"], f"{s['passed']} of {s['total']}" + (
-                                        f" ({s['expected failures']} expected failures)" if s.get("expected failures")
-                                        else ""),
+                                        f" ({expected_text(s)})" if s.get("expected failures") else ""),
                                       summary_headline(s) or "—"] for s in summary], markdown=True), ""]
     for claim, group in by_claim.items():
         cells = [[f"`{r['case'] or r['test'].split('::')[-1]}`", _entries(r["measured"]), _entries(r["expected"]),
