@@ -403,18 +403,19 @@ def _small() -> Profile:
                    paper_note="paper setting differs (n=100, FNN 784-50-50-10)")
 
 
-#: A measured disagreement with the paper's VGG numbers, declared where it makes a claim's case fail (C5's mean
-#: agreement, C8's correlation over the CPU grid): the case then is an expected failure naming it, and only where
-#: everything else the case asserts holds.
+#: A measured disagreement with the paper's VGG numbers, declared where it makes a claim's case fail (C8's
+#: correlation over the CPU grid): the case then is an expected failure naming it, and only where everything else
+#: the case asserts holds.
 VGG_GD_HALF = ("vgg", 0.5, None)
 VGG_GD_HALF_FINDING = (
-    "the VGG's GD minima at η = 0.5 are sharper and far less uniform than the paper's: seed 0 a = 3.967, s = 50.1 "
-    "(the paper's means 3.64 and 20; s/a 12.6 against the paper's 5.5 and our SGD minima's 2.1-3.1); s checked by "
-    "two Σ engines (factored 50.0955, per-sample vmap 50.0955) and by the paper's power-iteration rule (50.07 in 8 "
-    "iterations). Not the setting: the authors' code (leiwu0308/sgd.stability) builds the same net, initialisation, "
-    "data selection, loss and stopping rule; not our 238 JPEG-decoded images (24% of the samples, 17% and 1% of "
-    "Σ's top Rayleigh quotient at seeds 0 and 1). Every seed starts beyond the edge, a(x0)·η/2 = 1.7-2.4, and "
-    "reaches its minimum through a catapult (seed 2 diverged)")
+    "two of the four converged VGG GD runs at η = 0.5 land at minima far less uniform than the rest: seeds 0 and 1 "
+    "at s = 50.1 and 64.2 (s/a 12.6 and 16.4), seeds 3 and 4 at 19.3 and 23.8 (s/a 5.5 and 7.4; the paper's mean "
+    "s 20, s/a 5.5), our SGD minima at s/a 2.1-3.1. Every seed starts beyond the edge (a(x0)·η/2 = 1.6-2.4) and "
+    "reaches its minimum through a catapult (seed 2 diverged), which decides where it lands. s checked by two Σ "
+    "engines (seed 0: factored and per-sample vmap 50.0955) and by the paper's power-iteration rule (50.07); not "
+    "the setting (the authors' code, leiwu0308/sgd.stability, builds the same net, initialisation, data "
+    "selection, loss and stopping rule) nor our 238 JPEG-decoded images (24% of the samples, 17% and 1% of Σ's "
+    "top Rayleigh quotient at seeds 0 and 1)")
 
 
 def _paper() -> Profile:
@@ -439,16 +440,18 @@ def _paper() -> Profile:
                           Grid("vgg", (0.1,), (10,), seeds), Grid("vgg", (0.5,), (50,), seeds)), thresholds=C3),
         # The paper lists no CIFAR-10 η grid; §6's data files give GD at η = 0.01, 0.05, 0.1, 0.5. Three seeds per
         # GD η where the paper's FNN means are over five: a CPU's budget (FNN GD η = 0.5: 10 min a seed, the VGG's
-        # 23 min); paper_agreement allows for the scatter of a 3-seed mean.
+        # 14-23 min); paper_agreement allows for the scatter of a 3-seed mean. The VGG's η = 0.5 has five: its
+        # GD catapults from beyond the edge and lands at a·η/2 = 0.80-0.99 (seeds 0, 1, 3, 4; measured), the
+        # paper's spread 0.76-1.02; three seeds (one diverged) left a mean of two.
         "C5": Plan(grids=(Grid("fnn", (0.01, 0.05, 0.1, 0.5, 1.0, 5.0), (None,), three),
-                          Grid("vgg", (0.01, 0.05, 0.1, 0.5), (None,), three)), thresholds=C5, paper=PAPER_C5,
+                          Grid("vgg", (0.01, 0.05, 0.1), (None,), three), Grid("vgg", (0.5,), (None,), seeds)),
+                   thresholds=C5, paper=PAPER_C5,
                    expect={"landscape-limited": Declared(
                        {"fnn": (0.01,)}, "the paper's tables: FNN GD at η = 0.01 ends at a = 53.5, far below 2/η = "
                        "200, while at η = 0.05 it sits at the edge (39.3 vs 40); the VGG's GD sits at the edge at "
                        "every η, 0.01 included (198.9 vs 200): none of its η is declared"),
                        "edge trajectory": Declared(("fnn", 0.5, 50), "(setup, η, checks every k iterations): GD at "
                        "η = 0.5, 10 min on one core (η = 0.1 takes hours)"),
-                       "disagrees with the paper": Declared({VGG_GD_HALF: VGG_GD_HALF_FINDING}, "measured"),
                        "edge of stability": Declared(1.5, "at the paper's FNN GD runs at the edge of stability (Cohen "
                        "et al. 2021): a(t) rises past 2/η and hovers above it while the loss falls, and settles at "
                        "0.95-0.96·2/η only near the end. Measured: η = 1 from a·η/2 = 0.29 at initialisation to "
@@ -474,7 +477,7 @@ def _paper() -> Profile:
         "C8": Plan(grids=(Grid("fnn", (0.1,), (10, 100), seeds), Grid("fnn", (0.5,), (50,), seeds),
                           Grid("fnn", (0.5, 1.0, 5.0), (None,), three),
                           Grid("vgg", (0.1,), (10, 100), seeds), Grid("vgg", (0.5,), (50,), seeds),
-                          Grid("vgg", (0.5,), (None,), three)),
+                          Grid("vgg", (0.5,), (None,), seeds)),
                    thresholds={"min r": MIN_R_PAPER},
                    expect={"disagrees with the paper": Declared({VGG_GD_HALF: VGG_GD_HALF_FINDING}, "measured")}),
         # The authors restart from GD η = 0.1, hours of training on a CPU; GD η = 1 (a ≈ 1.92, s ≈ 7.65, 4-12

@@ -39,7 +39,7 @@ import pytest
 
 import stabcheck
 from claims.measured import require_minimum
-from claims.suite import case_id, setting_of
+from claims.suite import case_id
 from claims.trends import mean_outside, only_edge_of_stability, paper_agreement, sharpest_found, standard_error
 from claims.kinds import MINIMUM
 from stabcheck.curvature.threads import measurement_threads
@@ -175,16 +175,7 @@ def test_mean_sharpness_per_learning_rate(claim, suite, measured_minimum, run_mi
     assert not conflict, f"η = {c0.lr:g}: {conflict}"
     outside = mean_outside(ratio, error, floor, ceiling, spread)
     assert not outside, f"η = {c0.lr:g} ({kind}): mean a = {mean_a:.4g}, mean a·η/2 = {outside}"
-    finding = declared_disagreement(suite, "C5", c0)
-    if agreement is not None and not agreement.holds and finding:
-        pytest.xfail(f"declared disagreement with the paper: {agreement.message()}; {finding}")
     assert agreement is None or agreement.holds, agreement.message()
-
-
-def declared_disagreement(suite, claim: str, config) -> str | None:
-    """The finding a claim's plan declares for this config's (setup, η, B or None for GD), if any."""
-    declared = suite.plan(claim).expect.get("disagrees with the paper")
-    return declared.value.get(setting_of(config)) if declared is not None else None
 
 
 def diverged_start(suite, minima_cache, device, config) -> tuple[str, float, bool]:
