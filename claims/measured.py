@@ -83,6 +83,10 @@ class MeasuredMinimum:
         """s/bound (0 for GD)."""
         return self.s.value / self.s_bound
 
+    def quantity(self, name: str) -> float:
+        """a or s by name ("a", "s")."""
+        return {"a": self.a, "s": self.s}[name].value
+
     def measured(self) -> dict:
         """The row's ``measured`` entries every trained-net case reports."""
         return {"a": self.a.value, "s": self.s.value, "a eta/2": self.edge_ratio, "s/bound": self.s_ratio,

@@ -107,18 +107,18 @@ def settings_table(rows: list[dict]) -> str:
              "measure s |", "|---|---|---|---|---|---|---|---|---|"]
     for (setup, lr, b, mu), points in sorted(settings.items()):
         gd = b == points[0]["n"]
-        paper_a = PAPER_C5["mean a"].get(setup, {}).get(lr) if gd and not mu else None
+        paper_a, paper_s = ((PAPER_C5[k].get(setup, {}).get(lr) for k in ("mean a", "mean s")) if gd and not mu
+                            else (None, None))
         paper_as = PAPER_C6["a, s"].get(setup, {}).get((lr, None if gd else b)) if not mu else None
-        paper_a = paper_as[0] if paper_as else paper_a
-        paper_s = paper_as[1] if paper_as else None
+        paper_a, paper_s = paper_as if paper_as else (paper_a, paper_s)
         mus = [p["theorem1 mu"] for p in points if p.get("theorem1 mu") is not None]
         certified = sum(p.get("theorem1 mu verdict") == "certified stable" for p in points)
         measure = [sum(v for v in p["measure s"].values()) for p in points if p.get("measure s")]
         name = f"{setup} {'GD' if gd else 'SGD'} η = {lr:g}" + ("" if gd else f", B = {b}") + (f", μ = {mu:g}" if mu else "")
         lines.append(" | ".join([
             f"| {name}", str(len(points)),
-            f"{_spread([p['a'] for p in points])} / {paper_a if paper_a is not None else '–'}",
-            f"{_spread([p['s'] for p in points])} / {paper_s if paper_s is not None else '–'}",
+            f"{_spread([p['a'] for p in points])} / {'–' if paper_a is None else f'{paper_a:g}'}",
+            f"{_spread([p['s'] for p in points])} / {'–' if paper_s is None else f'{paper_s:g}'}",
             _range([p["a eta/2"] for p in points]), "–" if gd else _range([p["s/bound"] for p in points]),
             f"{_range(mus)} ({certified}/{len(points)})" if mus else "–",
             _range([p["train s"] for p in points], ".0f"), _range(measure, ".0f") if measure else "–"]) + " |")

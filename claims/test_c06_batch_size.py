@@ -61,10 +61,6 @@ def theorem1_columns(groups: dict) -> dict:
             for b, minima in groups.items() for k in THEOREM1_COLUMNS["full" if full else "sample"]}
 
 
-def value(m, quantity: str) -> float:
-    return m.a.value if quantity == "a" else m.s.value
-
-
 def batch_label(c) -> str:
     return f"B={'n' if c.is_gd else c.batch_size}"
 
@@ -74,7 +70,7 @@ def headline(suite, configs: list, minima: list) -> dict:
     c = configs[0]
     batch = None if c.is_gd else c.batch_size
     return {"what": f"a, s at {batch_label(c)}",
-            "ours": [statistics.fmean(value(m, q) for m in minima) for q in QUANTITIES],
+            "ours": [statistics.fmean(m.quantity(q) for m in minima) for q in QUANTITIES],
             "paper": suite.paper("C6", "a, s", c.setup.name, (c.lr, batch))}
 
 
@@ -94,13 +90,13 @@ def test_smaller_batch_selects_flatter_more_uniform_minima(claim, suite, measure
     measured_binds = mean_s_large > bound
     means, pvalues = {}, {}
     for q in QUANTITIES:
-        x, y = [value(m, q) for m in small], [value(m, q) for m in large]
+        x, y = [m.quantity(q) for m in small], [m.quantity(q) for m in large]
         means[q] = (statistics.fmean(x), statistics.fmean(y))
         pvalues[q] = float(stats.ttest_ind(x, y, equal_var=False, alternative="less").pvalue)
     b1, b2 = first[0].batch_size, second[0].batch_size
     heads = [headline(suite, first, small), headline(suite, second, large)]
     spread, floor = suite.threshold("C6", "paper spread"), suite.threshold("C6", "paper floor")
-    agreements = [paper_agreement(f"mean {q} at {batch_label(group[0].config)}", [value(m, q) for m in group],
+    agreements = [paper_agreement(f"mean {q} at {batch_label(group[0].config)}", [m.quantity(q) for m in group],
                                   head["paper"][i], spread, floor)
                   for group, head in ((small, heads[0]), (large, heads[1])) if isinstance(head["paper"], tuple)
                   for i, q in enumerate(QUANTITIES)]

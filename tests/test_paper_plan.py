@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_vgg_numbers_of_paper_section_6_are_in_the_plans():
     paper = Suite(profile("paper"), base_seed=0, seeds_per_setting=None)
     assert [paper.paper("C5", "mean a", "vgg", lr) for lr in (0.01, 0.05, 0.1, 0.5)] == [198.9, 39.8, 19.8, 3.64]
+    assert [paper.paper("C5", "mean s", "vgg", lr) for lr in (0.01, 0.05, 0.1, 0.5)] == [342, 111, 61, 20]
+    assert paper.paper("C5", "mean s", "fnn", 0.5) == "paper gives no number"   # §4 gives the FNN's a only
     assert [paper.paper("C6", "a, s", "vgg", (0.1, b)) for b in (10, 100, None)] == [(5.2, 12.2), (18.8, 50.1),
                                                                                      (19.6, 59.2)]
     vgg_c5 = {c.lr for c in paper.configs("C5") if c.setup.name == "vgg"}
@@ -145,7 +147,7 @@ def test_settings_table_puts_each_setting_beside_the_papers_numbers_once_per_min
     assert len(lines) == 4
     assert lines[2].startswith("| fnn SGD η = 0.1, B = 10 | 2 | 8.5 ± 0.707 / 7.9 | 21 ± 1.41 / 20.7 |")
     assert "1.5 (2/2)" in lines[2] and lines[2].endswith("| 100 | 5 |")
-    assert lines[3].startswith("| vgg GD η = 0.5 | 1 | 3.9 / 3.64 | 50 / – | 0.975 | – | 2.1 (0/1) |")
+    assert lines[3].startswith("| vgg GD η = 0.5 | 1 | 3.9 / 3.64 | 50 / 20 | 0.975 | – | 2.1 (0/1) |")
 
 
 def test_a_declared_diverged_run_is_left_out_of_every_grid_and_named():
