@@ -646,6 +646,7 @@ from stabcheck.reporting.rows import Kind
 
 
 def ctrl_c(folder):  # the user's Ctrl-C arrives while the figures are drawn
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # a shell's background job starts with SIGINT ignored
     os.kill(os.getpid(), signal.SIGINT)
     time.sleep(5)
 
