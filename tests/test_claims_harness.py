@@ -43,9 +43,9 @@ def test_profiles_are_complete(name):
 
 @pytest.mark.parametrize("name", ["small", "paper"], ids=["small-profile", "paper-profile"])
 def test_profiles_declare_what_their_claims_check(name):
-    """What a claim checks against a declaration is declared for every case it will have, each setup's C5 η grid (over its grids)
-    can reach the edge span (an η grid whose edge regime cannot span 5× fails on every run), and each
-    unstable restart of C9 has a matched stable one of its kind."""
+    """What a claim checks against a declaration is declared for every case it will have, each setup's C5 η
+    grid (over its grids) can reach the edge span (an η grid whose edge regime cannot span 5× fails on every
+    run), and each unstable restart of C9 has a matched stable one of its kind."""
     p = profile(name)
     for plan in p.plans.values():
         assert all(d.reason for d in plan.expect.values())
