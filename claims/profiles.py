@@ -153,7 +153,7 @@ class Profile:
     the paper's numbers do not apply (the profile's setting differs from PAPER.md §3); empty for the
     paper's own setting. ``diverged``: GD runs whose training diverged (measured), keyed by (setup, η,
     seed), with the measurement: left out of every grid (a diverged run is no minimum), each reported and
-    checked by C5's ``test_a_gd_run_that_diverged_started_beyond_the_edge``.
+    checked by C5's mean case of its (setup, η).
     """
 
     name: str
